@@ -1,0 +1,233 @@
+// Package config is the localdns node profile: its model, its defaults (AKS
+// localDNSProfile defaults plus node fields), a strict decoder that accepts
+// YAML or JSON in either AKS key spelling, and validation that reports every
+// problem with the field path, the bad value and the reason.
+//
+// The decoder is hand-written over a generic YAML tree instead of
+// encoding/json struct tags because a node operator needs errors that name
+// the full field path (vnetDNSOverrides.".".serveStale) and needs to see all
+// problems of a profile at once, not the first one.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Mode is the AKS localDNSProfile mode.
+type Mode string
+
+// Modes, as AKS spells them.
+const (
+	ModeRequired  Mode = "Required"
+	ModePreferred Mode = "Preferred"
+	ModeDisabled  Mode = "Disabled"
+)
+
+// QueryLogging selects errors-only or per-query logging for a zone.
+type QueryLogging string
+
+// QueryLogging values.
+const (
+	QueryLoggingError QueryLogging = "Error"
+	QueryLoggingLog   QueryLogging = "Log"
+)
+
+// Protocol selects the transport to the upstream.
+type Protocol string
+
+// Protocol values.
+const (
+	ProtocolPreferUDP Protocol = "PreferUDP"
+	ProtocolForceTCP  Protocol = "ForceTCP"
+)
+
+// Destination selects which upstream group a zone forwards to.
+type Destination string
+
+// Destination values.
+const (
+	DestinationClusterCoreDNS Destination = "ClusterCoreDNS"
+	DestinationVnetDNS        Destination = "VnetDNS"
+)
+
+// ForwardPolicy selects how the forwarder picks among several upstreams.
+type ForwardPolicy string
+
+// ForwardPolicy values.
+const (
+	PolicySequential ForwardPolicy = "Sequential"
+	PolicyRoundRobin ForwardPolicy = "RoundRobin"
+	PolicyRandom     ForwardPolicy = "Random"
+)
+
+// ServeStale selects the RFC 8767 behaviour for expired entries.
+type ServeStale string
+
+// ServeStale values.
+const (
+	ServeStaleVerify    ServeStale = "Verify"
+	ServeStaleImmediate ServeStale = "Immediate"
+	ServeStaleDisable   ServeStale = "Disable"
+)
+
+// CacheEngine selects which cache plugin the rendered Corefile uses.
+type CacheEngine string
+
+// CacheEngine values.
+const (
+	CacheEngineLocalDNS CacheEngine = "localdns"
+	CacheEngineCoreDNS  CacheEngine = "coredns"
+)
+
+// Override is one zone's settings, as in AKS's LocalDNSOverride.
+type Override struct {
+	QueryLogging                QueryLogging
+	Protocol                    Protocol
+	ForwardDestination          Destination
+	ForwardPolicy               ForwardPolicy
+	MaxConcurrent               int
+	CacheDurationInSeconds      int
+	ServeStaleDurationInSeconds int
+	ServeStale                  ServeStale
+}
+
+// Upstream is one DNS server address.
+type Upstream = netip.AddrPort
+
+// Profile is the whole node profile.
+type Profile struct {
+	Mode Mode
+
+	// NodeListener serves the host and dnsPolicy: Default pods (VnetDNS traffic).
+	NodeListener netip.Addr
+	// ClusterListener serves ClusterFirst pods (KubeDNS traffic).
+	ClusterListener netip.Addr
+	// Port is the DNS port of both listeners.
+	Port uint16
+	// ReadyPort is the port of CoreDNS's ready endpoint on each listener address.
+	ReadyPort uint16
+
+	// ClusterDNS are the cluster CoreDNS service addresses. ClusterDNSAuto
+	// means "same as VNet DNS" (for laptops and rigs without a cluster).
+	ClusterDNS     []Upstream
+	ClusterDNSAuto bool
+	ClusterDomain  string
+
+	// VNetDNS are the VNet DNS servers; when VNetDNSAuto is set they are
+	// discovered from ResolvConf at start (see DiscoverVNetDNS).
+	VNetDNS     []Upstream
+	VNetDNSAuto bool
+	// ResolvConf lists the files auto discovery reads, first existing wins.
+	ResolvConf []string
+
+	Network Network
+
+	// Metrics is the Prometheus listen address (host:port).
+	Metrics string
+
+	Cache Cache
+
+	// VnetDNSOverrides and KubeDNSOverrides are keyed by zone, normalised to
+	// lower case with a trailing dot ("." , "cluster.local.").
+	VnetDNSOverrides map[string]Override
+	KubeDNSOverrides map[string]Override
+}
+
+// Network holds the node-integration switches.
+type Network struct {
+	// Manage: create the link, addresses and conntrack-bypass rules. False
+	// touches nothing on the machine (unprivileged runs, loopback tests).
+	Manage bool
+	// ReconcileInterval is how often addresses and rules are re-checked.
+	ReconcileInterval time.Duration
+}
+
+// Cache holds the process-wide cache settings.
+type Cache struct {
+	Engine CacheEngine
+	// MaxMemory is the byte budget of the whole cache, all listeners and zones.
+	MaxMemory int64
+	// Snapshot is where the cache is persisted across restarts; empty disables.
+	Snapshot string
+}
+
+// Default AKS values.
+const (
+	DefaultNodeListener      = "169.254.10.10"
+	DefaultClusterListener   = "169.254.10.11"
+	DefaultClusterDNS        = "10.0.0.10"
+	DefaultClusterDomain     = "cluster.local"
+	DefaultPort              = 53
+	DefaultReadyPort         = 8181
+	DefaultMetrics           = "127.0.0.1:9253"
+	DefaultMaxMemory         = 64 << 20
+	DefaultSnapshot          = "/var/lib/localdns/cache.snapshot"
+	DefaultReconcileInterval = 30 * time.Second
+)
+
+// DefaultResolvConf is the order auto discovery reads resolv.conf files in:
+// systemd-resolved's upstream list first (it holds the real servers), then the
+// classic file.
+var DefaultResolvConf = []string{"/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"}
+
+// DefaultOverride returns AKS's LocalDNSOverride defaults.
+func DefaultOverride() Override {
+	return Override{
+		QueryLogging:                QueryLoggingError,
+		Protocol:                    ProtocolPreferUDP,
+		ForwardDestination:          DestinationClusterCoreDNS,
+		ForwardPolicy:               PolicySequential,
+		MaxConcurrent:               1000,
+		CacheDurationInSeconds:      3600,
+		ServeStaleDurationInSeconds: 3600,
+		ServeStale:                  ServeStaleImmediate,
+	}
+}
+
+// Default returns the node profile AKS would apply: Preferred mode, the two
+// link-local listeners, and "." plus cluster.local in both override maps.
+func Default() *Profile {
+	vnetRoot := DefaultOverride()
+	vnetRoot.ForwardDestination = DestinationVnetDNS
+	return &Profile{
+		Mode:            ModePreferred,
+		NodeListener:    netip.MustParseAddr(DefaultNodeListener),
+		ClusterListener: netip.MustParseAddr(DefaultClusterListener),
+		Port:            DefaultPort,
+		ReadyPort:       DefaultReadyPort,
+		ClusterDNS:      []Upstream{netip.AddrPortFrom(netip.MustParseAddr(DefaultClusterDNS), 53)},
+		ClusterDomain:   DefaultClusterDomain,
+		VNetDNSAuto:     true,
+		ResolvConf:      append([]string(nil), DefaultResolvConf...),
+		Network:         Network{Manage: true, ReconcileInterval: DefaultReconcileInterval},
+		Metrics:         DefaultMetrics,
+		Cache:           Cache{Engine: CacheEngineLocalDNS, MaxMemory: DefaultMaxMemory, Snapshot: DefaultSnapshot},
+		VnetDNSOverrides: map[string]Override{
+			".":              vnetRoot,
+			"cluster.local.": DefaultOverride(),
+		},
+		KubeDNSOverrides: map[string]Override{
+			".":              DefaultOverride(),
+			"cluster.local.": DefaultOverride(),
+		},
+	}
+}
+
+// Laptop returns the embedded profile `localdns run` uses when no node
+// profile exists: unprivileged, loopback only, changes nothing on the
+// machine, forwards everything to the resolv.conf nameservers.
+func Laptop() *Profile {
+	p := Default()
+	p.Mode = ModePreferred
+	p.NodeListener = netip.MustParseAddr("127.0.0.1")
+	p.ClusterListener = netip.MustParseAddr("127.0.0.2")
+	p.Port = 1053
+	p.ReadyPort = 18181
+	p.ClusterDNS = nil
+	p.ClusterDNSAuto = true
+	p.Network.Manage = false
+	p.Metrics = "127.0.0.1:19253"
+	p.Cache.Snapshot = ""
+	return p
+}

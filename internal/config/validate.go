@@ -1,0 +1,124 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+)
+
+// Validate checks a profile built in code (Parse already validates).
+func (p *Profile) Validate() error {
+	if ps := p.validate(); len(ps) > 0 {
+		return ps
+	}
+	return nil
+}
+
+// validate applies AKS's rules and ours. It assumes the decoder already
+// rejected malformed values, so it checks relations between fields.
+func (p *Profile) validate() Problems {
+	var ps Problems
+	add := func(path, value, reason string, args ...any) {
+		ps = append(ps, Problem{Path: path, Value: value, Reason: fmt.Sprintf(reason, args...)})
+	}
+	if p.NodeListener == p.ClusterListener {
+		add("listeners.cluster", p.ClusterListener.String(), "must differ from listeners.node")
+	}
+	if p.NodeListener.Is4() != p.ClusterListener.Is4() {
+		add("listeners.cluster", p.ClusterListener.String(), "must be the same address family as listeners.node")
+	}
+	if p.ReadyPort == p.Port {
+		add("readyPort", fmt.Sprint(p.ReadyPort), "must differ from port")
+	}
+	listeners := []netip.AddrPort{
+		netip.AddrPortFrom(p.NodeListener, p.Port),
+		netip.AddrPortFrom(p.ClusterListener, p.Port),
+	}
+	checkLoop := func(path string, ups []Upstream) {
+		for i, u := range ups {
+			for _, l := range listeners {
+				if u == l {
+					add(fmt.Sprintf("%s[%d]", path, i), u.String(), "is a localdns listener: forwarding to it would loop")
+				}
+			}
+		}
+	}
+	if !p.ClusterDNSAuto && len(p.ClusterDNS) == 0 {
+		add("clusterDNS", "", `must list at least one server, or be "auto"`)
+	}
+	checkLoop("clusterDNS", p.ClusterDNS)
+	if !p.VNetDNSAuto && len(p.VNetDNS) == 0 {
+		add("vnetDNS", "", `must list at least one server, or be "auto"`)
+	}
+	checkLoop("vnetDNS", p.VNetDNS)
+	if p.VNetDNSAuto && len(p.ResolvConf) == 0 {
+		add("resolvConf", "", `must name at least one file when vnetDNS is "auto"`)
+	}
+	if _, err := NormalizeZone(p.ClusterDomain); err != nil || p.ClusterDomain == "." || p.ClusterDomain == "" {
+		add("clusterDomain", p.ClusterDomain, "must be a DNS zone below the root")
+	}
+	if p.Metrics != "" {
+		if ap, err := netip.ParseAddrPort(p.Metrics); err == nil {
+			for _, l := range listeners {
+				if ap.Addr() == l.Addr() && ap.Port() == p.ReadyPort {
+					add("metrics", p.Metrics, "collides with the ready endpoint on the same address")
+				}
+			}
+		}
+	}
+	if p.Cache.Engine == CacheEngineLocalDNS && p.Cache.MaxMemory < 1<<20 {
+		add("cache.maxMemory", fmt.Sprint(p.Cache.MaxMemory), "must be at least 1Mi")
+	}
+	if p.Cache.Snapshot != "" && !strings.HasPrefix(p.Cache.Snapshot, "/") {
+		add("cache.snapshot", p.Cache.Snapshot, "must be an absolute path")
+	}
+
+	clusterZone := strings.ToLower(p.ClusterDomain) + "."
+	checkOverrides := func(name string, overrides map[string]Override, vnet bool) {
+		if len(overrides) == 0 {
+			add(name, "", `must have at least the zone "."`)
+			return
+		}
+		if _, ok := overrides["."]; !ok {
+			add(name, "", `must have the root zone "." (where every name not matched by another zone goes)`)
+		}
+		for _, zone := range sortedZones(overrides) {
+			o := overrides[zone]
+			path := join(name, zone)
+			if vnet && zone == "." && o.ForwardDestination == DestinationClusterCoreDNS {
+				add(path+".forwardDestination", string(o.ForwardDestination), `the node listener's root zone "." may not forward to ClusterCoreDNS`)
+			}
+			if IsSubdomain(zone, clusterZone) && o.ForwardDestination == DestinationVnetDNS {
+				add(path+".forwardDestination", string(o.ForwardDestination), "names under the cluster domain %s may never forward to VnetDNS (it would answer NXDOMAIN)", p.ClusterDomain)
+			}
+			if o.Protocol == ProtocolForceTCP && o.ServeStale == ServeStaleVerify {
+				add(path+".protocol", string(o.Protocol), "ForceTCP cannot be combined with serveStale Verify")
+			}
+		}
+	}
+	checkOverrides("vnetDNSOverrides", p.VnetDNSOverrides, true)
+	checkOverrides("kubeDNSOverrides", p.KubeDNSOverrides, false)
+	return ps
+}
+
+// IsSubdomain reports whether zone is parent or below it; both are
+// normalised (lower case, trailing dot).
+func IsSubdomain(zone, parent string) bool {
+	if parent == "." {
+		return true
+	}
+	return zone == parent || strings.HasSuffix(zone, "."+parent)
+}
+
+func sortedZones(m map[string]Override) []string {
+	zones := make([]string, 0, len(m))
+	for z := range m {
+		zones = append(zones, z)
+	}
+	sort.Strings(zones)
+	return zones
+}
+
+// Zones returns the override zones in a stable order.
+func Zones(m map[string]Override) []string { return sortedZones(m) }
