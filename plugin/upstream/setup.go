@@ -1,0 +1,362 @@
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/pkg/parse"
+	"github.com/coredns/coredns/plugin/pkg/transport"
+)
+
+func init() { plugin.Register(pluginName, setup) }
+
+const (
+	defaultMaxConcurrent = 1000
+	defaultHCInterval    = 500 * time.Millisecond
+	defaultMaxFails      = 2
+	// tcpMaxAge recycles TCP connections with spread on, so that a
+	// force_tcp block does not stay on one backend behind a DNAT.
+	tcpMaxAge = 1 * time.Second
+)
+
+// defaultNeverFailover are the zones only cluster CoreDNS answers for.
+var defaultNeverFailover = []string{"cluster.local.", "in-addr.arpa.", "ip6.arpa."}
+
+// config is the parsed upstream block.
+type config struct {
+	to, failover     []string
+	neverFailover    []string
+	routeName        string
+	failoverName     string
+	forceTCP         bool
+	policy           policy
+	maxConcurrent    int64
+	hcInterval       time.Duration
+	hcNoRec          bool
+	hcDomain         string
+	maxFails         uint32
+	spread           bool
+	neverFailoverSet bool
+}
+
+func setup(c *caddy.Controller) error {
+	cfg, err := parseConfig(c)
+	if err != nil {
+		return plugin.Error(pluginName, err)
+	}
+	sc := dnsserver.GetConfig(c)
+	for _, addr := range append(append([]string(nil), cfg.to...), cfg.failover...) {
+		if err := checkLoop(addr, sc.ListenHosts, sc.Port); err != nil {
+			return plugin.Error(pluginName, err)
+		}
+	}
+
+	u := newUpstream(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	c.OnStartup(func() error {
+		u.start(ctx, cfg.hcInterval)
+		return nil
+	})
+	c.OnShutdown(func() error {
+		cancel()
+		u.stop()
+		return nil
+	})
+	sc.AddPlugin(func(next plugin.Handler) plugin.Handler {
+		u.Next = next
+		return u
+	})
+	return nil
+}
+
+// newUpstream builds the handler and its proxies from cfg; nothing runs yet.
+func newUpstream(cfg *config) *Upstream {
+	u := &Upstream{
+		maxConcurrent: cfg.maxConcurrent,
+		neverFailover: cfg.neverFailover,
+	}
+	u.opts.PreferUDP = !cfg.forceTCP
+	u.opts.ForceTCP = cfg.forceTCP
+
+	u.route = newGroup(cfg, cfg.routeName, cfg.to, cfg.policy)
+	if len(cfg.failover) > 0 {
+		// The failover group shares the policy's rule but not its state.
+		p, _ := newPolicy(cfg.policy.String())
+		u.failover = newGroup(cfg, cfg.failoverName, cfg.failover, p)
+	}
+	return u
+}
+
+func newGroup(cfg *config, name string, addrs []string, pol policy) *group {
+	g := &group{name: name, policy: pol, maxfails: cfg.maxFails}
+	for _, addr := range addrs {
+		m := newMember(name, addr)
+		hc := m.p.GetHealthchecker()
+		hc.SetRecursionDesired(!cfg.hcNoRec)
+		hc.SetDomain(cfg.hcDomain)
+		if cfg.forceTCP {
+			hc.SetTCPTransport()
+		}
+		if cfg.spread {
+			if cfg.forceTCP {
+				m.p.SetMaxAge(tcpMaxAge)
+			} else {
+				// Every UDP query on a fresh socket: an idle socket is
+				// expired at once, and at most one waits to be closed.
+				m.p.SetExpire(0)
+				m.p.SetMaxIdleConns(1)
+			}
+		}
+		g.members = append(g.members, m)
+	}
+	return g
+}
+
+func (u *Upstream) groups() []*group {
+	if u.failover == nil {
+		return []*group{u.route}
+	}
+	return []*group{u.route, u.failover}
+}
+
+// start starts the proxies' connection managers and one health loop per
+// upstream; they end with ctx.
+func (u *Upstream) start(ctx context.Context, interval time.Duration) {
+	for _, g := range u.groups() {
+		for _, m := range g.members {
+			m.p.Start(interval)
+			go m.healthLoop(ctx, interval, g.maxfails)
+		}
+	}
+}
+
+func (u *Upstream) stop() {
+	for _, g := range u.groups() {
+		for _, m := range g.members {
+			m.p.Stop()
+		}
+	}
+}
+
+func parseConfig(c *caddy.Controller) (*config, error) {
+	cfg := &config{
+		routeName:     "route",
+		failoverName:  "failover",
+		maxConcurrent: defaultMaxConcurrent,
+		hcInterval:    defaultHCInterval,
+		hcDomain:      ".",
+		maxFails:      defaultMaxFails,
+		spread:        true,
+		policy:        sequential{},
+		neverFailover: defaultNeverFailover,
+	}
+	seen := false
+	for c.Next() {
+		if seen {
+			return nil, c.Err("only one upstream per server block")
+		}
+		seen = true
+		if c.NextArg() {
+			return nil, c.ArgErr()
+		}
+		for c.NextBlock() {
+			if err := parseDirective(c, cfg); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(cfg.to) == 0 {
+		return nil, c.Err("no upstream given: 'to' is required")
+	}
+	if cfg.routeName == cfg.failoverName && len(cfg.failover) > 0 {
+		return nil, c.Errf("group_names must differ: %q", cfg.routeName)
+	}
+	return cfg, nil
+}
+
+func parseDirective(c *caddy.Controller, cfg *config) error {
+	dir := c.Val()
+	args := c.RemainingArgs()
+	switch dir {
+	case "to", "failover":
+		if len(args) == 0 {
+			return c.ArgErr()
+		}
+		addrs, err := upstreamAddrs(args)
+		if err != nil {
+			return c.Errf("%s: %v", dir, err)
+		}
+		if dir == "to" {
+			cfg.to = append(cfg.to, addrs...)
+		} else {
+			cfg.failover = append(cfg.failover, addrs...)
+		}
+	case "never_failover":
+		if len(args) == 0 {
+			return c.ArgErr()
+		}
+		if !cfg.neverFailoverSet {
+			cfg.neverFailover = nil
+			cfg.neverFailoverSet = true
+		}
+		for _, z := range args {
+			zones := plugin.Host(z).NormalizeExact()
+			if len(zones) == 0 {
+				return c.Errf("never_failover: invalid zone %q", z)
+			}
+			cfg.neverFailover = append(cfg.neverFailover, zones...)
+		}
+	case "group_names":
+		if len(args) < 1 || len(args) > 2 {
+			return c.ArgErr()
+		}
+		cfg.routeName = args[0]
+		if len(args) == 2 {
+			cfg.failoverName = args[1]
+		}
+	case "protocol":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		switch args[0] {
+		case "prefer_udp":
+			cfg.forceTCP = false
+		case "force_tcp":
+			cfg.forceTCP = true
+		default:
+			return c.Errf("protocol: unknown %q (prefer_udp or force_tcp)", args[0])
+		}
+	case "policy":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		p, ok := newPolicy(args[0])
+		if !ok {
+			return c.Errf("policy: unknown %q (sequential, round_robin or random)", args[0])
+		}
+		cfg.policy = p
+	case "max_concurrent":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		n, err := strconv.ParseInt(args[0], 10, 64)
+		if err != nil || n < 0 {
+			return c.Errf("max_concurrent: want a number >= 0 (0: no limit), got %q", args[0])
+		}
+		cfg.maxConcurrent = n
+	case "health_check":
+		if len(args) < 1 {
+			return c.ArgErr()
+		}
+		d, err := time.ParseDuration(args[0])
+		if err != nil || d <= 0 {
+			return c.Errf("health_check: want a positive duration, got %q", args[0])
+		}
+		cfg.hcInterval = d
+		for i := 1; i < len(args); i++ {
+			switch args[i] {
+			case "no_rec":
+				cfg.hcNoRec = true
+			case "domain":
+				if i+1 >= len(args) {
+					return c.Err("health_check: domain needs a name")
+				}
+				i++
+				cfg.hcDomain = plugin.Name(args[i]).Normalize()
+			default:
+				return c.Errf("health_check: unknown option %q", args[i])
+			}
+		}
+	case "max_fails":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		n, err := strconv.ParseUint(args[0], 10, 32)
+		if err != nil {
+			return c.Errf("max_fails: want a number >= 0, got %q", args[0])
+		}
+		cfg.maxFails = uint32(n)
+	case "spread":
+		if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
+			return c.Err("spread: want on or off")
+		}
+		cfg.spread = args[0] == "on"
+	default:
+		return c.Errf("unknown property %q", dir)
+	}
+	return nil
+}
+
+// upstreamAddrs turns ip[:port] arguments (or resolv.conf-style files) into
+// ip:port strings; only plain DNS is accepted.
+func upstreamAddrs(args []string) ([]string, error) {
+	hosts, err := parse.HostPortOrFile(args...)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range hosts {
+		if trans, _ := parse.Transport(h); trans != transport.DNS {
+			return nil, fmt.Errorf("%q: only plain DNS upstreams are supported", h)
+		}
+	}
+	return hosts, nil
+}
+
+// checkLoop refuses an upstream that is one of this server block's own
+// listen addresses: a query would come straight back to us.
+func checkLoop(upstream string, listenHosts []string, listenPort string) error {
+	host, port, err := net.SplitHostPort(upstream)
+	if err != nil {
+		return fmt.Errorf("upstream %q: %w", upstream, err)
+	}
+	if port != listenPort {
+		return nil
+	}
+	ip := net.ParseIP(stripZone(host))
+	if ip == nil {
+		return nil
+	}
+	for _, lh := range listenHosts {
+		lip := net.ParseIP(stripZone(lh))
+		switch {
+		case lh == "" || (lip != nil && lip.IsUnspecified()):
+			if isLocal(ip) {
+				return fmt.Errorf("upstream %s is a local address and this block listens on all addresses at port %s: forwarding loop", upstream, listenPort)
+			}
+		case lip != nil && lip.Equal(ip):
+			return fmt.Errorf("upstream %s is this block's own listen address: forwarding loop", upstream)
+		}
+	}
+	return nil
+}
+
+func stripZone(h string) string {
+	if i := strings.LastIndex(h, "%"); i >= 0 {
+		return h[:i]
+	}
+	return h
+}
+
+// isLocal reports whether ip is an address of this host (network namespace).
+func isLocal(ip net.IP) bool {
+	if ip.IsLoopback() || ip.IsUnspecified() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,155 @@
+// Package upstream implements the upstream plugin: localdns's forwarder to the
+// cluster CoreDNS service and, when that is down, to the VNet DNS servers.
+//
+// It is built on CoreDNS's forward machinery and only adds what forward lacks.
+//
+// Reused from CoreDNS (plugin/pkg/proxy): the per-upstream Proxy with its
+// transport (dial, UDP/TCP exchange, ID check, truncation handling, IP_RECVERR
+// so ICMP errors fail a query at once) and its health checker (". IN NS",
+// fails counter, Down(maxfails)). The per-query retry loop follows forward's
+// (ErrCachedClosed retry, TCP retry of truncated UDP answers, FORMERR on a
+// mismatched reply, REFUSED above max_concurrent).
+//
+// Written here, because forward does not have it:
+//
+//   - Two upstream groups. A route group gets every query; a failover group
+//     gets the queries the route group cannot answer (all its upstreams down
+//     by health check, or every attempt failed with an I/O error), but only
+//     for names outside the never_failover zones. The cluster domain and the
+//     reverse zones must never go to VNet DNS: it would answer NXDOMAIN, and a
+//     cache above us would keep that. Forward can chain two instances with
+//     "next", but only on an answered rcode, not on a dead upstream.
+//   - Fast failure. With no healthy upstream for a name the plugin answers
+//     SERVFAIL at once, without sending. Forward, unless told to fail fast,
+//     picks a random dead upstream and waits out its timeouts.
+//   - Continuous health checks. Forward only probes an upstream after a query
+//     to it failed, so an idle upstream's state is unknown and the
+//     localdns_upstream_healthy gauge would be stale. Here every upstream is
+//     checked every health_check interval, skipped when a real query to it
+//     succeeded within the interval (a busy upstream costs no extra probes).
+//   - Spread. A kube-proxy service IP is a DNAT chosen per conntrack flow; a
+//     reused UDP socket is one flow and pins all of a node's queries to one
+//     CoreDNS pod. With spread on (the default) every UDP query goes out on a
+//     fresh socket (fresh random source port, new conntrack entry, fresh DNAT
+//     choice); TCP connections are recycled after one second. This is done
+//     with the proxy transport's own knobs (expire 0, one idle connection;
+//     max age for TCP), not a transport of our own.
+//
+// Metrics are package-level collectors on the default Prometheus registry,
+// which CoreDNS's prometheus plugin serves; this is the CoreDNS convention and
+// the only package-level state besides plugin registration.
+package upstream
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/debug"
+	clog "github.com/coredns/coredns/plugin/pkg/log"
+	"github.com/coredns/coredns/plugin/pkg/proxy"
+	"github.com/coredns/coredns/request"
+
+	"github.com/miekg/dns"
+)
+
+const pluginName = "upstream"
+
+var log = clog.NewWithPlugin(pluginName)
+
+var (
+	// ErrNoHealthy is returned when a group has no healthy upstream left, so
+	// nothing was sent.
+	ErrNoHealthy = errors.New("no healthy upstream")
+	// ErrLimitExceeded is returned when a query is refused because
+	// max_concurrent queries are already in flight.
+	ErrLimitExceeded = errors.New("max_concurrent queries exceeded")
+)
+
+// Upstream is the plugin handler of one server block.
+type Upstream struct {
+	concurrent    atomic.Int64
+	maxConcurrent int64
+
+	route    *group
+	failover *group // nil: no failover group
+
+	// neverFailover holds the zones whose names must never go to the
+	// failover group.
+	neverFailover []string
+
+	opts proxy.Options
+
+	Next plugin.Handler
+}
+
+// Name implements plugin.Handler.
+func (u *Upstream) Name() string { return pluginName }
+
+// ServeDNS implements plugin.Handler. It answers every query it gets; it never
+// calls the next plugin.
+func (u *Upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	state := request.Request{W: w, Req: r}
+
+	if u.maxConcurrent > 0 {
+		n := u.concurrent.Add(1)
+		defer u.concurrent.Add(-1)
+		if n > u.maxConcurrent {
+			maxConcurrentRejects.Inc()
+			return dns.RcodeRefused, ErrLimitExceeded
+		}
+	}
+
+	ret, err := u.route.exchange(ctx, state, u.opts)
+	if err != nil && u.mayFailover(state.Name()) && !isRequestError(err) {
+		failovers.WithLabelValues(u.route.name, u.failover.name).Inc()
+		ret, err = u.failover.exchange(ctx, state, u.opts)
+		if errors.Is(err, ErrNoHealthy) {
+			fastFailures.WithLabelValues(u.failover.name).Inc()
+		}
+	} else if errors.Is(err, ErrNoHealthy) {
+		fastFailures.WithLabelValues(u.route.name).Inc()
+	}
+
+	if err != nil {
+		switch {
+		case errors.Is(err, proxy.ErrInvalidRequest):
+			return dns.RcodeFormatError, err
+		case errors.Is(err, proxy.ErrUnsupportedRequest):
+			return dns.RcodeNotImplemented, err
+		}
+		// Never NXDOMAIN: SERVFAIL lets a cache above serve a stale answer.
+		return dns.RcodeServerFailure, plugin.Error(pluginName, err)
+	}
+
+	if !state.Match(ret) {
+		debug.Hexdumpf(ret, "Wrong reply for id: %d, %s %d", ret.Id, state.QName(), state.QType())
+		formerr := new(dns.Msg)
+		formerr.SetRcode(r, dns.RcodeFormatError)
+		w.WriteMsg(formerr)
+		return 0, nil
+	}
+
+	w.WriteMsg(ret)
+	return 0, nil
+}
+
+// mayFailover reports whether qname may be sent to the failover group.
+func (u *Upstream) mayFailover(qname string) bool {
+	if u.failover == nil {
+		return false
+	}
+	for _, z := range u.neverFailover {
+		if plugin.Name(z).Matches(qname) {
+			return false
+		}
+	}
+	return true
+}
+
+// isRequestError reports whether err is about the request itself: another
+// upstream would fail it the same way.
+func isRequestError(err error) bool {
+	return errors.Is(err, proxy.ErrInvalidRequest) || errors.Is(err, proxy.ErrUnsupportedRequest)
+}
