@@ -1,0 +1,203 @@
+package nodecache
+
+import (
+	"encoding/binary"
+	"errors"
+
+	"github.com/miekg/dns"
+)
+
+// Proto is the transport a query arrived on; it decides whether an answer
+// must fit the client's UDP buffer.
+type Proto uint8
+
+const (
+	// UDP answers are truncated (TC set) when larger than the client's buffer.
+	UDP Proto = iota
+	// TCP answers are sent whole.
+	TCP
+)
+
+const (
+	// advertisedUDPSize is the EDNS0 buffer size we announce to clients and
+	// ask upstreams for (DNS flag day 2020).
+	advertisedUDPSize = 1232
+	// maxNameWire is the longest domain name in wire format.
+	maxNameWire = 255
+
+	optNSID  = 3  // EDNS0 NSID option code.
+	optEDE   = 15 // EDNS0 Extended DNS Error option code.
+	edeStale = 3  // Extended DNS Error "Stale Answer".
+)
+
+// query is what the cache needs of a client query; it is filled from raw
+// bytes (parseQuery) or from a dns.Msg (queryFromMsg) without allocating.
+type query struct {
+	id      uint16
+	rd      bool
+	cd      bool
+	ad      bool
+	qtype   uint16
+	qclass  uint16
+	name    [maxNameWire]byte // wire-format qname in the client's casing
+	nameLen int
+
+	edns    bool
+	do      bool
+	udpSize uint16 // client's EDNS0 buffer size, 0 without EDNS0
+	nsid    bool   // client asked for NSID: leave the answer to the nsid plugin
+}
+
+func (q *query) wireName() []byte { return q.name[:q.nameLen] }
+
+// maxUDP returns the largest UDP answer this client accepts.
+func (q *query) maxUDP() int {
+	if !q.edns || q.udpSize < dns.MinMsgSize {
+		return dns.MinMsgSize
+	}
+	return int(q.udpSize)
+}
+
+var (
+	errNotQuery   = errors.New("not a plain query")
+	errMalformed  = errors.New("malformed query")
+	errBadVersion = errors.New("unsupported EDNS version")
+)
+
+// parseQuery reads the header, the single question and an optional OPT
+// record of a raw query. Anything else (other opcodes, several questions,
+// records besides OPT, compressed question names, EDNS version != 0) is
+// reported as an error so the caller hands the query to the full server.
+func parseQuery(b []byte, q *query) error {
+	if len(b) < 12 {
+		return errMalformed
+	}
+	flags := binary.BigEndian.Uint16(b[2:])
+	if flags&0x8000 != 0 || (flags>>11)&0xF != dns.OpcodeQuery {
+		return errNotQuery
+	}
+	qd := binary.BigEndian.Uint16(b[4:])
+	an := binary.BigEndian.Uint16(b[6:])
+	ns := binary.BigEndian.Uint16(b[8:])
+	ar := binary.BigEndian.Uint16(b[10:])
+	if qd != 1 || an != 0 || ns != 0 || ar > 1 {
+		return errNotQuery
+	}
+	q.id = binary.BigEndian.Uint16(b)
+	q.rd = flags&0x0100 != 0
+	q.ad = flags&0x0020 != 0
+	q.cd = flags&0x0010 != 0
+
+	off := 12
+	n := 0
+	for {
+		if off >= len(b) {
+			return errMalformed
+		}
+		l := int(b[off])
+		if l&0xC0 != 0 { // compression pointers or reserved label types
+			return errMalformed
+		}
+		if n+l+1 > maxNameWire || off+l+1 > len(b) {
+			return errMalformed
+		}
+		copy(q.name[n:], b[off:off+l+1])
+		n += l + 1
+		off += l + 1
+		if l == 0 {
+			break
+		}
+	}
+	q.nameLen = n
+	if off+4 > len(b) {
+		return errMalformed
+	}
+	q.qtype = binary.BigEndian.Uint16(b[off:])
+	q.qclass = binary.BigEndian.Uint16(b[off+2:])
+	off += 4
+
+	q.edns, q.do, q.udpSize, q.nsid = false, false, 0, false
+	if ar == 0 {
+		if off != len(b) {
+			return errMalformed
+		}
+		return nil
+	}
+	// The one additional record must be an OPT with the root owner name.
+	if off+11 > len(b) || b[off] != 0 || binary.BigEndian.Uint16(b[off+1:]) != dns.TypeOPT {
+		return errNotQuery
+	}
+	q.edns = true
+	q.udpSize = binary.BigEndian.Uint16(b[off+3:])
+	if b[off+6] != 0 { // EDNS version
+		return errBadVersion
+	}
+	q.do = b[off+7]&0x80 != 0
+	rdlen := int(binary.BigEndian.Uint16(b[off+9:]))
+	off += 11
+	if off+rdlen != len(b) {
+		return errMalformed
+	}
+	for end := off + rdlen; off < end; {
+		if off+4 > end {
+			return errMalformed
+		}
+		code := binary.BigEndian.Uint16(b[off:])
+		l := int(binary.BigEndian.Uint16(b[off+2:]))
+		off += 4 + l
+		if off > end {
+			return errMalformed
+		}
+		if code == optNSID {
+			q.nsid = true
+		}
+	}
+	return nil
+}
+
+// queryFromMsg fills q from an unpacked query. It fails for messages the
+// cache does not handle.
+func queryFromMsg(r *dns.Msg, q *query) error {
+	if r.Response || r.Opcode != dns.OpcodeQuery || len(r.Question) != 1 || len(r.Answer) != 0 || len(r.Ns) != 0 {
+		return errNotQuery
+	}
+	q.id = r.Id
+	q.rd = r.RecursionDesired
+	q.cd = r.CheckingDisabled
+	q.ad = r.AuthenticatedData
+	qs := r.Question[0]
+	q.qtype, q.qclass = qs.Qtype, qs.Qclass
+	n, err := dns.PackDomainName(qs.Name, q.name[:], 0, nil, false)
+	if err != nil {
+		return errMalformed
+	}
+	q.nameLen = n
+	q.edns, q.do, q.udpSize, q.nsid = false, false, 0, false
+	for _, rr := range r.Extra {
+		opt, ok := rr.(*dns.OPT)
+		if !ok {
+			return errNotQuery // TSIG or other records: not for the cache
+		}
+		if opt.Version() != 0 {
+			return errBadVersion
+		}
+		q.edns = true
+		q.do = opt.Do()
+		q.udpSize = opt.UDPSize()
+		for _, o := range opt.Option {
+			if o.Option() == optNSID {
+				q.nsid = true
+			}
+		}
+	}
+	return nil
+}
+
+// cacheable reports whether answers to q may be stored at all.
+func (q *query) cacheable() bool {
+	switch q.qtype {
+	case dns.TypeAXFR, dns.TypeIXFR, dns.TypeOPT, dns.TypeTSIG, dns.TypeTKEY:
+		return false
+	}
+	return true
+}

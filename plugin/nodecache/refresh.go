@@ -1,0 +1,80 @@
+package nodecache
+
+import (
+	"context"
+	"net"
+
+	"github.com/miekg/dns"
+)
+
+var (
+	bgUDPAddr = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	bgTCPAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}
+)
+
+// maybePrefetch refreshes e in the background when it has been hit at least
+// prefetch times and less than 10% of its TTL is left, so a hot name never
+// expires. The hit counter saturates at the threshold: a hot entry costs no
+// further atomic writes.
+func (h *Nodecache) maybePrefetch(ctx context.Context, e *entry, now int64, c *counters, proto Proto) {
+	if h.pol.prefetch == 0 {
+		return
+	}
+	if hits := e.hits.Load(); hits < h.pol.prefetch {
+		if e.hits.Add(1) < h.pol.prefetch {
+			return
+		}
+	}
+	if rem := e.remaining(now); rem*10 >= int64(e.ttl) {
+		return
+	}
+	h.refreshAsync(ctx, e, c, proto, true)
+}
+
+// refreshAsync starts one background refresh of e unless one is running.
+// A refresh that fails leaves e in place: a stale entry is never evicted
+// because its upstream is down.
+func (h *Nodecache) refreshAsync(ctx context.Context, e *entry, c *counters, proto Proto, prefetch bool) {
+	if !e.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	if prefetch {
+		c.prefetches.Inc()
+	}
+	bg := context.WithoutCancel(ctx)
+	go func() {
+		defer e.refreshing.Store(false)
+		res := h.refresh(bg, e, proto)
+		if res.failed() || res.entry == nil {
+			c.refreshFailure.Inc()
+		}
+	}()
+}
+
+// refresh queries upstream for e's key (coalesced with client misses) and
+// retries over TCP when the UDP answer was truncated.
+func (h *Nodecache) refresh(ctx context.Context, e *entry, proto Proto) result {
+	name, _, err := dns.UnpackDomainName(e.name, 0)
+	if err != nil {
+		return result{err: err}
+	}
+	var q query
+	q.qtype, q.qclass = e.qtype, e.qclass
+	q.nameLen = copy(q.name[:], e.name)
+	q.do, q.cd, q.edns = e.flags&flagDO != 0, e.flags&flagCD != 0, true
+	r := new(dns.Msg)
+	r.SetQuestion(name, e.qtype)
+	r.Question[0].Qclass = e.qclass
+	r.CheckingDisabled = q.cd
+	up := upstreamQuery(r, &q)
+
+	var remote net.Addr = bgUDPAddr
+	if proto == TCP {
+		remote = bgTCPAddr
+	}
+	res, _ := h.store.flight.do(e.key, func() result { return h.exchange(ctx, remote, bgUDPAddr, up, &q) })
+	if res.msg != nil && res.msg.Truncated && proto == UDP {
+		res, _ = h.store.flight.do(e.key, func() result { return h.exchange(ctx, bgTCPAddr, bgTCPAddr, up, &q) })
+	}
+	return res
+}
