@@ -163,7 +163,7 @@ func parseConfig(c *caddy.Controller) (*config, error) {
 			return nil, c.Err("only one upstream per server block")
 		}
 		seen = true
-		if c.NextArg() {
+		if len(c.RemainingArgs()) != 0 {
 			return nil, c.ArgErr()
 		}
 		for c.NextBlock() {

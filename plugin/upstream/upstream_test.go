@@ -1,0 +1,297 @@
+package upstream_test
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func upstreamBlock(directives ...string) string {
+	return "\tupstream {\n\t\t" + lines(directives...) + "\n\t}"
+}
+
+func TestRouteAndProtocol(t *testing.T) {
+	a := startFake(t, "192.0.2.1")
+	for _, tc := range []struct {
+		protocol         string
+		client           string
+		wantUDP, wantTCP int
+	}{
+		{"prefer_udp", "udp", 1, 0},
+		{"prefer_udp", "tcp", 1, 0},
+		{"force_tcp", "udp", 0, 1},
+		{"force_tcp", "tcp", 0, 1},
+	} {
+		t.Run(tc.protocol+"/"+tc.client, func(t *testing.T) {
+			srv := startLocaldns(t, upstreamBlock("to "+a.addr, "protocol "+tc.protocol, "health_check 10s"))
+			u0, t0 := a.count()
+			r, _ := ask(t, srv, tc.client, "svc.default.svc.cluster.local", dns.TypeA)
+			if got := answerOf(r); got != "192.0.2.1" {
+				t.Fatalf("answer: got %s, want 192.0.2.1", got)
+			}
+			u1, t1 := a.count()
+			if u1-u0 != tc.wantUDP || t1-t0 != tc.wantTCP {
+				t.Errorf("upstream saw udp=%d tcp=%d, want udp=%d tcp=%d", u1-u0, t1-t0, tc.wantUDP, tc.wantTCP)
+			}
+		})
+	}
+}
+
+func TestTruncatedRetriesOverTCP(t *testing.T) {
+	a := startFake(t, "192.0.2.1")
+	a.truncate.Store(true)
+	srv := startLocaldns(t, upstreamBlock("to "+a.addr, "protocol prefer_udp"))
+	r, _ := ask(t, srv, "tcp", "big.example.com", dns.TypeA)
+	if got := answerOf(r); got != "192.0.2.1" {
+		t.Fatalf("answer: got %s, want the TCP answer 192.0.2.1", got)
+	}
+	if u, tc := a.count(); u != 1 || tc != 1 {
+		t.Errorf("upstream saw udp=%d tcp=%d, want 1 and 1", u, tc)
+	}
+}
+
+func TestPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		policy string
+		check  func(na, nb int) bool
+		want   string
+	}{
+		{"sequential", func(na, nb int) bool { return na == 40 && nb == 0 }, "all on the first"},
+		{"round_robin", func(na, nb int) bool { return na == 20 && nb == 20 }, "20/20"},
+		{"random", func(na, nb int) bool { return na >= 8 && nb >= 8 && na+nb == 40 }, "both used"},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			a, b := startFake(t, "192.0.2.1"), startFake(t, "192.0.2.2")
+			srv := startLocaldns(t, upstreamBlock("to "+a.addr+" "+b.addr, "policy "+tc.policy))
+			for i := range 40 {
+				ask(t, srv, "udp", fmt.Sprintf("n%d.example.com", i), dns.TypeA)
+			}
+			na, nb := len(a.seen()), len(b.seen())
+			if !tc.check(na, nb) {
+				t.Errorf("policy %s: first got %d, second %d; want %s", tc.policy, na, nb, tc.want)
+			}
+		})
+	}
+}
+
+func TestMaxConcurrent(t *testing.T) {
+	a := startFake(t, "192.0.2.1")
+	hold := make(chan struct{})
+	a.hold.Store(&hold)
+	srv := startLocaldns(t, upstreamBlock("to "+a.addr, "max_concurrent 2"))
+	before := metric(t, "localdns_upstream_max_concurrent_rejects_total")
+
+	var wg sync.WaitGroup
+	held := make([]*dns.Msg, 2)
+	for i := range held {
+		wg.Go(func() { held[i], _ = ask(t, srv, "udp", fmt.Sprintf("held%d.example.com", i), dns.TypeA) })
+	}
+	waitFor(t, 5*time.Second, "two queries in flight", func() bool { return a.inflight.Load() == 2 })
+
+	for i := range 3 {
+		r, took := ask(t, srv, "udp", fmt.Sprintf("excess%d.example.com", i), dns.TypeA)
+		if r.Rcode != dns.RcodeRefused {
+			t.Errorf("excess query %d: rcode %s, want REFUSED", i, dns.RcodeToString[r.Rcode])
+		}
+		if took > 100*time.Millisecond {
+			t.Errorf("excess query %d took %s, want an immediate refusal", i, took)
+		}
+	}
+	close(hold)
+	wg.Wait()
+	for i, r := range held {
+		if answerOf(r) != "192.0.2.1" {
+			t.Errorf("held query %d: got %s, want an answer", i, answerOf(r))
+		}
+	}
+	if got := metric(t, "localdns_upstream_max_concurrent_rejects_total") - before; got != 3 {
+		t.Errorf("max_concurrent_rejects_total grew by %v, want 3", got)
+	}
+}
+
+// TestSpreadSourcePorts shows the mechanism behind the spread over CoreDNS
+// pods: with spread on, sequential UDP queries leave from distinct source
+// ports (distinct conntrack flows); with spread off (forward's connection
+// reuse) they all share one.
+func TestSpreadSourcePorts(t *testing.T) {
+	for _, tc := range []struct {
+		spread   string
+		min, max int
+	}{{"on", 50, 50}, {"off", 1, 1}} {
+		t.Run(tc.spread, func(t *testing.T) {
+			a := startFake(t, "192.0.2.1")
+			srv := startLocaldns(t, upstreamBlock("to "+a.addr, "spread "+tc.spread, "health_check 10s"))
+			for i := range 50 {
+				ask(t, srv, "udp", fmt.Sprintf("p%d.example.com", i), dns.TypeA)
+			}
+			if n := a.sourcePorts(); n < tc.min || n > tc.max {
+				t.Errorf("spread %s: 50 queries used %d source ports, want %d..%d", tc.spread, n, tc.min, tc.max)
+			}
+		})
+	}
+}
+
+// TestHealthFastFailAndRecovery: silent upstreams are marked down by the
+// health checks, then queries get SERVFAIL at once (never NXDOMAIN); when one
+// upstream answers again it is used again.
+func TestHealthFastFailAndRecovery(t *testing.T) {
+	a, b := startFake(t, "192.0.2.1"), startFake(t, "192.0.2.2")
+	srv := startLocaldns(t, upstreamBlock(
+		"to "+a.addr+" "+b.addr,
+		"group_names cluster vnet",
+		"health_check 0.2s",
+	))
+	waitFor(t, 3*time.Second, "both upstreams healthy", func() bool {
+		return healthyGauge(t, "cluster", a.addr) == 1 && healthyGauge(t, "cluster", b.addr) == 1
+	})
+	if r, _ := ask(t, srv, "udp", "web.default.svc.cluster.local", dns.TypeA); answerOf(r) != "192.0.2.1" {
+		t.Fatalf("healthy: got %s, want 192.0.2.1", answerOf(r))
+	}
+
+	a.silent.Store(true)
+	b.silent.Store(true)
+	waitFor(t, 8*time.Second, "both upstreams down", func() bool {
+		return healthyGauge(t, "cluster", a.addr) == 0 && healthyGauge(t, "cluster", b.addr) == 0
+	})
+	fastBefore := metric(t, "localdns_upstream_fast_failures_total", "group", "cluster")
+	for _, name := range []string{"web.default.svc.cluster.local", "www.example.com"} {
+		r, took := ask(t, srv, "udp", name, dns.TypeA)
+		if r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s with all upstreams down: rcode %s, want SERVFAIL", name, dns.RcodeToString[r.Rcode])
+		}
+		if took > 100*time.Millisecond {
+			t.Errorf("%s with all upstreams down took %s, want < 100ms", name, took)
+		}
+	}
+	if got := metric(t, "localdns_upstream_fast_failures_total", "group", "cluster") - fastBefore; got != 2 {
+		t.Errorf("fast_failures_total{group=cluster} grew by %v, want 2", got)
+	}
+
+	b.silent.Store(false)
+	waitFor(t, 3*time.Second, "second upstream healthy again", func() bool { return healthyGauge(t, "cluster", b.addr) == 1 })
+	if r, _ := ask(t, srv, "udp", "web.default.svc.cluster.local", dns.TypeA); answerOf(r) != "192.0.2.2" {
+		t.Fatalf("after recovery: got %s, want 192.0.2.2 from the upstream that came back", answerOf(r))
+	}
+	if healthyGauge(t, "cluster", a.addr) != 0 {
+		t.Errorf("the still silent upstream is reported healthy")
+	}
+}
+
+// TestFailover: with the route group down, external names go to the failover
+// group; names in the cluster domain and the reverse zones never do.
+func TestFailover(t *testing.T) {
+	cluster := startFake(t, "10.244.0.10")
+	vnet := startFake(t, "203.0.113.7", "cluster.local.", "in-addr.arpa.", "ip6.arpa.")
+	srv := startLocaldns(t, upstreamBlock(
+		"to "+cluster.addr,
+		"failover "+vnet.addr,
+		"never_failover cluster.local in-addr.arpa ip6.arpa",
+		"group_names cluster vnet",
+		"health_check 0.2s",
+	))
+	if r, _ := ask(t, srv, "udp", "www.example.com", dns.TypeA); answerOf(r) != "10.244.0.10" {
+		t.Fatalf("route group healthy: got %s, want the cluster answer", answerOf(r))
+	}
+	if n := len(vnet.seen()); n != 0 {
+		t.Fatalf("failover group got %d queries while the route group was healthy", n)
+	}
+
+	cluster.silent.Store(true)
+	waitFor(t, 8*time.Second, "cluster upstream down", func() bool { return healthyGauge(t, "cluster", cluster.addr) == 0 })
+	foBefore := metric(t, "localdns_upstream_failovers_total", "from", "cluster", "to", "vnet")
+
+	r, took := ask(t, srv, "udp", "www.example.com", dns.TypeA)
+	if answerOf(r) != "203.0.113.7" {
+		t.Errorf("external name with cluster down: got %s, want the VNet answer", answerOf(r))
+	}
+	if took > 100*time.Millisecond {
+		t.Errorf("failover took %s, want no wait for the dead upstream", took)
+	}
+	if got := metric(t, "localdns_upstream_failovers_total", "from", "cluster", "to", "vnet") - foBefore; got != 1 {
+		t.Errorf("failovers_total grew by %v, want 1", got)
+	}
+
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+	}{
+		{"web.default.svc.cluster.local", dns.TypeA},
+		{"10.0.96.10.in-addr.arpa", dns.TypePTR},
+		{"a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", dns.TypePTR},
+	} {
+		r, took := ask(t, srv, "udp", q.name, q.qtype)
+		if r.Rcode != dns.RcodeServerFailure {
+			t.Errorf("%s with cluster down: rcode %s, want SERVFAIL (never NXDOMAIN)", q.name, dns.RcodeToString[r.Rcode])
+		}
+		if took > 100*time.Millisecond {
+			t.Errorf("%s took %s, want a fast SERVFAIL", q.name, took)
+		}
+	}
+	for _, name := range vnet.seen() {
+		if dns.IsSubDomain("cluster.local.", name) || dns.IsSubDomain("arpa.", name) {
+			t.Errorf("cluster-only name %s was sent to the failover group", name)
+		}
+	}
+
+	cluster.silent.Store(false)
+	waitFor(t, 3*time.Second, "cluster upstream back", func() bool { return healthyGauge(t, "cluster", cluster.addr) == 1 })
+	if r, _ := ask(t, srv, "udp", "www.example.com", dns.TypeA); answerOf(r) != "10.244.0.10" {
+		t.Errorf("after recovery: got %s, want the cluster answer again", answerOf(r))
+	}
+}
+
+// TestFailoverOnRefusedBeforeHealthCheck: an upstream whose port is closed
+// fails a query at once (ICMP port unreachable); external names fail over
+// right away, before the health checks have marked it down.
+func TestFailoverOnRefusedBeforeHealthCheck(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := pc.LocalAddr().String()
+	pc.Close()
+	vnet := startFake(t, "203.0.113.7", "cluster.local.")
+	srv := startLocaldns(t, upstreamBlock(
+		"to "+closed,
+		"failover "+vnet.addr,
+		"health_check 10s",
+	))
+	r, took := ask(t, srv, "udp", "www.example.com", dns.TypeA)
+	if answerOf(r) != "203.0.113.7" {
+		t.Errorf("got %s, want the failover answer", answerOf(r))
+	}
+	if took > 100*time.Millisecond {
+		t.Errorf("took %s, want an immediate failover", took)
+	}
+	r, _ = ask(t, srv, "udp", "web.default.svc.cluster.local", dns.TypeA)
+	if r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("cluster name: rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+}
+
+func TestLoopRefused(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	pc.Close()
+	for _, tc := range []struct{ bind, to string }{
+		{"bind 127.0.0.1", fmt.Sprintf("to 127.0.0.1:%d", port)},
+		{"", fmt.Sprintf("to 127.0.0.1:%d", port)},
+		{"bind 127.0.0.1", fmt.Sprintf("to 10.0.0.10\n\t\tfailover 127.0.0.1:%d", port)},
+	} {
+		corefile := fmt.Sprintf(".:%d {\n\t%s\n\tupstream {\n\t\t%s\n\t}\n}\n", port, tc.bind, tc.to)
+		inst, err := startCorefile(corefile)
+		if err == nil {
+			stopInstance(t, inst)
+			t.Errorf("%q: started, want a loop error", corefile)
+			continue
+		}
+		t.Logf("refused as expected: %v", err)
+	}
+}
