@@ -61,7 +61,7 @@ func parse(c *caddy.Controller) (*Junk, error) {
 		if blocks++; blocks > 1 {
 			return nil, plugin.ErrOnce
 		}
-		if c.NextArg() {
+		if len(c.RemainingArgs()) != 0 {
 			return nil, c.ArgErr()
 		}
 		for c.NextBlock() {
