@@ -165,7 +165,9 @@ func (d *decoder) profile(p *Profile, root any) {
 	}
 	vnetSet, kubeSet := false, false
 	d.fields("", m, map[string]func(string, any){
-		"mode": func(path string, v any) { p.Mode = Mode(d.enum(path, v, string(p.Mode), ModeRequired, ModePreferred, ModeDisabled)) },
+		"mode": func(path string, v any) {
+			p.Mode = Mode(d.enum(path, v, string(p.Mode), ModeRequired, ModePreferred, ModeDisabled))
+		},
 		// state is AKS's read-only status field; accepted so a pasted
 		// profile works, and ignored.
 		"state": func(string, any) {},
@@ -192,17 +194,22 @@ func (d *decoder) profile(p *Profile, root any) {
 			}
 			p.VNetDNS, p.VNetDNSAuto = d.upstreams(path, v), false
 		},
-		"resolvconf": func(path string, v any) { p.ResolvConf = d.strings(path, v) },
+		"resolvconf":        func(path string, v any) { p.ResolvConf = d.strings(path, v) },
+		"failovertovnetdns": func(path string, v any) { p.FailoverToVNetDNS = d.bool(path, v, p.FailoverToVNetDNS) },
 		"network": func(path string, v any) {
 			d.fields(path, v, map[string]func(string, any){
-				"manage":            func(path string, v any) { p.Network.Manage = d.bool(path, v, p.Network.Manage) },
-				"reconcileinterval": func(path string, v any) { p.Network.ReconcileInterval = d.duration(path, v, p.Network.ReconcileInterval) },
+				"manage": func(path string, v any) { p.Network.Manage = d.bool(path, v, p.Network.Manage) },
+				"reconcileinterval": func(path string, v any) {
+					p.Network.ReconcileInterval = d.duration(path, v, p.Network.ReconcileInterval)
+				},
 			})
 		},
 		"metrics": func(path string, v any) { p.Metrics = d.hostPort(path, v, p.Metrics) },
 		"cache": func(path string, v any) {
 			d.fields(path, v, map[string]func(string, any){
-				"engine":    func(path string, v any) { p.Cache.Engine = CacheEngine(d.enum(path, v, string(p.Cache.Engine), CacheEngineLocalDNS, CacheEngineCoreDNS)) },
+				"engine": func(path string, v any) {
+					p.Cache.Engine = CacheEngine(d.enum(path, v, string(p.Cache.Engine), CacheEngineLocalDNS, CacheEngineCoreDNS))
+				},
 				"maxmemory": func(path string, v any) { p.Cache.MaxMemory = d.bytes(path, v, p.Cache.MaxMemory) },
 				"snapshot": func(path string, v any) {
 					s, ok := v.(string)
@@ -275,9 +282,11 @@ func (d *decoder) overrides(path string, v any, vnet bool) map[string]Override {
 				"forwardpolicy": func(p string, v any) {
 					o.ForwardPolicy = ForwardPolicy(d.enum(p, v, string(o.ForwardPolicy), PolicySequential, PolicyRoundRobin, PolicyRandom))
 				},
-				"maxconcurrent":               func(p string, v any) { o.MaxConcurrent = d.int(p, v, o.MaxConcurrent, 0, 1_000_000) },
-				"cachedurationinseconds":      func(p string, v any) { o.CacheDurationInSeconds = d.int(p, v, o.CacheDurationInSeconds, 0, 86400) },
-				"servestaledurationinseconds": func(p string, v any) { o.ServeStaleDurationInSeconds = d.int(p, v, o.ServeStaleDurationInSeconds, 0, 86400) },
+				"maxconcurrent":          func(p string, v any) { o.MaxConcurrent = d.int(p, v, o.MaxConcurrent, 0, 1_000_000) },
+				"cachedurationinseconds": func(p string, v any) { o.CacheDurationInSeconds = d.int(p, v, o.CacheDurationInSeconds, 0, 86400) },
+				"servestaledurationinseconds": func(p string, v any) {
+					o.ServeStaleDurationInSeconds = d.int(p, v, o.ServeStaleDurationInSeconds, 0, 86400)
+				},
 				"servestale": func(p string, v any) {
 					o.ServeStale = ServeStale(d.enum(p, v, string(o.ServeStale), ServeStaleVerify, ServeStaleImmediate, ServeStaleDisable))
 				},

@@ -121,6 +121,10 @@ type Profile struct {
 	// ResolvConf lists the files auto discovery reads, first existing wins.
 	ResolvConf []string
 
+	// FailoverToVNetDNS sends names outside the cluster domain and the
+	// reverse zones to VNet DNS while every cluster CoreDNS upstream is down.
+	FailoverToVNetDNS bool
+
 	Network Network
 
 	// Metrics is the Prometheus listen address (host:port).
@@ -191,18 +195,19 @@ func Default() *Profile {
 	vnetRoot := DefaultOverride()
 	vnetRoot.ForwardDestination = DestinationVnetDNS
 	return &Profile{
-		Mode:            ModePreferred,
-		NodeListener:    netip.MustParseAddr(DefaultNodeListener),
-		ClusterListener: netip.MustParseAddr(DefaultClusterListener),
-		Port:            DefaultPort,
-		ReadyPort:       DefaultReadyPort,
-		ClusterDNS:      []Upstream{netip.AddrPortFrom(netip.MustParseAddr(DefaultClusterDNS), 53)},
-		ClusterDomain:   DefaultClusterDomain,
-		VNetDNSAuto:     true,
-		ResolvConf:      append([]string(nil), DefaultResolvConf...),
-		Network:         Network{Manage: true, ReconcileInterval: DefaultReconcileInterval},
-		Metrics:         DefaultMetrics,
-		Cache:           Cache{Engine: CacheEngineLocalDNS, MaxMemory: DefaultMaxMemory, Snapshot: DefaultSnapshot},
+		Mode:              ModePreferred,
+		NodeListener:      netip.MustParseAddr(DefaultNodeListener),
+		ClusterListener:   netip.MustParseAddr(DefaultClusterListener),
+		Port:              DefaultPort,
+		ReadyPort:         DefaultReadyPort,
+		ClusterDNS:        []Upstream{netip.AddrPortFrom(netip.MustParseAddr(DefaultClusterDNS), 53)},
+		ClusterDomain:     DefaultClusterDomain,
+		VNetDNSAuto:       true,
+		ResolvConf:        append([]string(nil), DefaultResolvConf...),
+		FailoverToVNetDNS: true,
+		Network:           Network{Manage: true, ReconcileInterval: DefaultReconcileInterval},
+		Metrics:           DefaultMetrics,
+		Cache:             Cache{Engine: CacheEngineLocalDNS, MaxMemory: DefaultMaxMemory, Snapshot: DefaultSnapshot},
 		VnetDNSOverrides: map[string]Override{
 			".":              vnetRoot,
 			"cluster.local.": DefaultOverride(),

@@ -33,6 +33,8 @@ import (
 //   - multisocket, reload, nsid, bind, ready, health, prometheus: server
 //     set-up directives; prometheus before errors/log so every answer,
 //     including junk and cache hits, is counted.
+//   - frontend (ours) right after bind: it reads the bound addresses, and its
+//     startup callback must run before loop's, which reads the block's port.
 //   - errors, log: around everything that answers.
 //   - junk (ours) and template before the caches: search-path junk gets its
 //     synthesized NXDOMAIN at once and is never stored next to real answers.
@@ -48,6 +50,7 @@ var Directives = []string{
 	"reload",
 	"nsid",
 	"bind",
+	"frontend",
 	"ready",
 	"health",
 	"prometheus",
