@@ -42,14 +42,11 @@ const entryOverhead = 208
 
 func (e *entry) expires() int64 { return e.stored + int64(e.ttl)*int64(time.Second) }
 
-// remaining returns the TTL left at now in whole seconds; negative once
-// expired.
+// remaining returns the TTL left at now: the stored TTL less the whole
+// seconds of age (as the stock cache counts), negative once expired.
 func (e *entry) remaining(now int64) int64 {
-	d := e.expires() - now
-	if d < 0 {
-		return -((-d + int64(time.Second) - 1) / int64(time.Second))
-	}
-	return d / int64(time.Second)
+	age := max(now-e.stored, 0)
+	return int64(e.ttl) - age/int64(time.Second)
 }
 
 // servable reports whether e is fresh, or still within its stale window.
