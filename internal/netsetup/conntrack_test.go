@@ -234,6 +234,16 @@ func TestConntrackBypass(t *testing.T) {
 
 	t.Logf("conntrack entries created in the node namespace by %d queries from fresh source ports: no rules %d, dport notrack only %d, dport+reply notrack %d; from the host (dport+reply notrack) %d; %d TCP queries from the pod (dport+reply notrack) %d",
 		queries, none, queryOnly, both, host, tcpQueries, tcp)
+	s, err := Status(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Since the last EnsureRules: a pod query and its reply hit 2 rules
+	// (prerouting, output); a host query 3 (output, prerouting again after
+	// lo, reply in output); TCP at least a segment each way.
+	if want := uint64(queries*2 + queries*3 + tcpQueries*2); s.NotrackPackets < want {
+		t.Errorf("Status counts %d notrack packets, want at least %d", s.NotrackPackets, want)
+	}
 	t.Logf("nft list table inet localdns after the last run:\n%s", inNS(t, nodeName, "nft", "list", "table", "inet", "localdns"))
 
 	if none < queries*95/100 {

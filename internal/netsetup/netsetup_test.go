@@ -301,6 +301,21 @@ func TestConfigChange(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Same number of rules, other content: Reconcile sees the difference.
+	cfg.Port = 5353
+	rep, err := Reconcile(context.Background(), cfg)
+	if err != nil || rep.Rules != 1 {
+		t.Errorf("Reconcile after a port change: %+v, %v; want the table rebuilt", rep, err)
+	}
+	if listing := inNS(t, name, "nft", "list", "table", "inet", "localdns"); !strings.Contains(listing, "udp dport 5353") || strings.Contains(listing, "udp dport 53 ") {
+		t.Errorf("table after port change:\n%s", listing)
+	}
+	// One more listener wants more rules.
+	cfg.ReplyNotrack = true
+	if rep, err := Reconcile(context.Background(), cfg); err != nil || rep.Rules != 1 {
+		t.Errorf("Reconcile after switching reply notrack on: %+v, %v; want the table rebuilt", rep, err)
+	}
+
 	cfg.Addrs = []netip.Addr{nodeListener}
 	cfg.Table = "localdns2"
 	res, err := EnsureAddresses(cfg)
@@ -336,4 +351,22 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestForeignLinkNotTouched: a link named like ours that is not a dummy link is
+// someone else's: EnsureAddresses refuses it and Teardown leaves it.
+func TestForeignLinkNotTouched(t *testing.T) {
+	ns, name := newNS(t)
+	inNS(t, name, "ip", "link", "add", "localdns", "type", "veth", "peer", "name", "other0")
+	before := snapshot(t, name)
+	cfg := Config{Addrs: []netip.Addr{nodeListener}, StateDir: t.TempDir(), NetNS: ns}
+	if _, err := EnsureAddresses(cfg); err == nil || !strings.Contains(err.Error(), "not dummy") {
+		t.Errorf("EnsureAddresses with a veth named localdns: got %v, want a refusal", err)
+	}
+	if err := Teardown(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if after := snapshot(t, name); after != before {
+		t.Errorf("namespace changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
 }

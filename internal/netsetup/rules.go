@@ -196,6 +196,7 @@ func deleteTables(cfg Config, names []string) error {
 type rulesCheck struct {
 	table  bool   // our table exists
 	rules  int    // rules carrying our comment
+	hits   uint64 // packets counted by those rules
 	intact bool   // table, chains and rules exactly as wantRules says
 	why    string // what differs, when !intact
 }
@@ -239,8 +240,14 @@ func checkRules(cfg Config) (rulesCheck, error) {
 			return rc, fmt.Errorf("netsetup: listing rules of chain %s: %w", name, err)
 		}
 		for _, r := range rules {
-			if bytes.Equal(r.UserData, ruleComment()) {
-				rc.rules++
+			if !bytes.Equal(r.UserData, ruleComment()) {
+				continue
+			}
+			rc.rules++
+			for _, e := range r.Exprs {
+				if c, ok := e.(*expr.Counter); ok {
+					rc.hits += c.Packets
+				}
 			}
 		}
 		got[name] = rules

@@ -27,6 +27,9 @@ type State struct {
 	// it that carry our comment, WantRules how many the configuration wants.
 	Table            bool
 	Rules, WantRules int
+	// NotrackPackets is the sum of the rules' packet counters: packets that
+	// skipped conntrack since the table was last (re)installed.
+	NotrackPackets uint64
 	// RulesIntact is true when table, chains and rules are exactly what
 	// EnsureRules installs; RulesDiff says what differs otherwise.
 	RulesIntact bool
@@ -94,6 +97,7 @@ func Status(cfg Config) (State, error) {
 		return s, err
 	}
 	s.Table, s.Rules, s.RulesIntact, s.RulesDiff = rc.table, rc.rules, rc.intact, rc.why
+	s.NotrackPackets = rc.hits
 	s.WantRules = len(wantRules(cfg))
 	return s, nil
 }
