@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/coredns/coredns/plugin/pkg/proxy"
@@ -28,36 +27,19 @@ const (
 // group is a set of upstreams used together with one policy: the route group
 // or the failover group.
 type group struct {
-	name     string
-	members  []*member
-	policy   policy
-	maxfails uint32
+	name    string
+	members []*member
+	policy  policy
 }
 
-// member is one upstream of a group: a CoreDNS proxy plus our health state.
+// member is one upstream of a group in one server block: the block's own
+// CoreDNS proxy (its transport carries the block's protocol and spread
+// settings) and the health state it shares with other blocks.
 type member struct {
 	p     *proxy.Proxy
+	h     *health
 	group string
 	addr  string
-
-	// lastOK is the time (unix nanoseconds) of the last real query that got
-	// an answer; a recent one makes a health probe unnecessary.
-	lastOK atomic.Int64
-	// kick asks the health loop for a check now (after a failed query).
-	kick chan struct{}
-	// healthy is the state last published to the gauge.
-	healthy atomic.Bool
-}
-
-func newMember(groupName, addr string) *member {
-	m := &member{
-		p:     proxy.NewProxy(pluginName, addr, "dns"),
-		group: groupName,
-		addr:  addr,
-		kick:  make(chan struct{}, 1),
-	}
-	m.healthy.Store(true)
-	return m
 }
 
 // exchange sends the query to the group's upstreams in policy order, skipping
@@ -87,7 +69,7 @@ func (g *group) exchange(ctx context.Context, state request.Request, opts proxy.
 			return nil, err
 		}
 		lastErr = err
-		m.checkSoon()
+		m.h.checkSoon()
 	}
 	if lastErr == nil {
 		if err := ctx.Err(); err != nil {
@@ -103,7 +85,7 @@ func (g *group) exchange(ctx context.Context, state request.Request, opts proxy.
 func (g *group) nextHealthy(list []*member, next *int) *member {
 	for i := range list {
 		m := list[(*next+i)%len(list)]
-		if !m.p.Down(g.maxfails) {
+		if !m.h.down() {
 			*next += i + 1
 			return m
 		}
@@ -129,65 +111,9 @@ func (m *member) query(ctx context.Context, state request.Request, opts proxy.Op
 			requestDuration.WithLabelValues(m.group, m.addr, "error").Observe(time.Since(start).Seconds())
 			return nil, fmt.Errorf("upstream %s: %w", m.addr, err)
 		}
-		m.lastOK.Store(time.Now().UnixNano())
+		m.h.answered()
 		requestDuration.WithLabelValues(m.group, m.addr, rcodeString(ret.Rcode)).Observe(time.Since(start).Seconds())
 		return ret, nil
-	}
-}
-
-// checkSoon asks the health loop for an immediate check.
-func (m *member) checkSoon() {
-	select {
-	case m.kick <- struct{}{}:
-	default:
-	}
-}
-
-// healthLoop checks the upstream every interval until ctx is done. A check is
-// skipped when the upstream has no recorded failure and a real query got an
-// answer within the interval.
-func (m *member) healthLoop(ctx context.Context, interval time.Duration, maxfails uint32) {
-	m.check(maxfails)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-m.kick:
-		}
-		if m.p.Fails() == 0 && time.Since(time.Unix(0, m.lastOK.Load())) < interval {
-			m.publish(maxfails)
-			continue
-		}
-		m.check(maxfails)
-	}
-}
-
-// check runs one health check (proxy's ". IN NS" probe) and publishes the
-// resulting state.
-func (m *member) check(maxfails uint32) {
-	if hc := m.p.GetHealthchecker(); hc != nil {
-		hc.Check(m.p) // the error is recorded in the proxy's fails counter
-	}
-	m.publish(maxfails)
-}
-
-// publish sets the healthy gauge and logs state changes.
-func (m *member) publish(maxfails uint32) {
-	up := !m.p.Down(maxfails)
-	v := 0.0
-	if up {
-		v = 1
-	}
-	healthy.WithLabelValues(m.group, m.addr).Set(v)
-	if m.healthy.Swap(up) != up {
-		if up {
-			log.Infof("Upstream %s (%s) is healthy again", m.addr, m.group)
-		} else {
-			log.Warningf("Upstream %s (%s) is down after %d failed health checks", m.addr, m.group, m.p.Fails())
-		}
 	}
 }
 

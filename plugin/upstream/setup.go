@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"strconv"
@@ -12,6 +11,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/pkg/parse"
+	"github.com/coredns/coredns/plugin/pkg/proxy"
 	"github.com/coredns/coredns/plugin/pkg/transport"
 )
 
@@ -58,14 +58,12 @@ func setup(c *caddy.Controller) error {
 		}
 	}
 
-	u := newUpstream(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
+	u := newUpstream(cfg, healthSetOf(c))
 	c.OnStartup(func() error {
-		u.start(ctx, cfg.hcInterval)
+		u.start()
 		return nil
 	})
 	c.OnShutdown(func() error {
-		cancel()
 		u.stop()
 		return nil
 	})
@@ -77,7 +75,7 @@ func setup(c *caddy.Controller) error {
 }
 
 // newUpstream builds the handler and its proxies from cfg; nothing runs yet.
-func newUpstream(cfg *config) *Upstream {
+func newUpstream(cfg *config, hs *healthSet) *Upstream {
 	u := &Upstream{
 		maxConcurrent: cfg.maxConcurrent,
 		neverFailover: cfg.neverFailover,
@@ -85,24 +83,31 @@ func newUpstream(cfg *config) *Upstream {
 	u.opts.PreferUDP = !cfg.forceTCP
 	u.opts.ForceTCP = cfg.forceTCP
 
-	u.route = newGroup(cfg, cfg.routeName, cfg.to, cfg.policy)
+	u.route = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy)
 	if len(cfg.failover) > 0 {
 		// The failover group shares the policy's rule but not its state.
 		p, _ := newPolicy(cfg.policy.String())
-		u.failover = newGroup(cfg, cfg.failoverName, cfg.failover, p)
+		u.failover = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p)
 	}
 	return u
 }
 
-func newGroup(cfg *config, name string, addrs []string, pol policy) *group {
-	g := &group{name: name, policy: pol, maxfails: cfg.maxFails}
+func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol policy) *group {
+	g := &group{name: name, policy: pol}
 	for _, addr := range addrs {
-		m := newMember(name, addr)
-		hc := m.p.GetHealthchecker()
-		hc.SetRecursionDesired(!cfg.hcNoRec)
-		hc.SetDomain(cfg.hcDomain)
-		if cfg.forceTCP {
-			hc.SetTCPTransport()
+		m := &member{
+			p:     proxy.NewProxy(pluginName, addr, "dns"),
+			group: name,
+			addr:  addr,
+			h: hs.get(healthKey{
+				group:    name,
+				addr:     addr,
+				tcp:      cfg.forceTCP,
+				interval: cfg.hcInterval,
+				noRec:    cfg.hcNoRec,
+				domain:   cfg.hcDomain,
+				maxfails: cfg.maxFails,
+			}),
 		}
 		if cfg.spread {
 			if cfg.forceTCP {
@@ -126,13 +131,12 @@ func (u *Upstream) groups() []*group {
 	return []*group{u.route, u.failover}
 }
 
-// start starts the proxies' connection managers and one health loop per
-// upstream; they end with ctx.
-func (u *Upstream) start(ctx context.Context, interval time.Duration) {
+// start starts the proxies' connection managers; health checks are
+// started by the instance's health set.
+func (u *Upstream) start() {
 	for _, g := range u.groups() {
 		for _, m := range g.members {
-			m.p.Start(interval)
-			go m.healthLoop(ctx, interval, g.maxfails)
+			m.p.Start(m.h.key.interval) // the probe interval is unused: health runs in m.h
 		}
 	}
 }

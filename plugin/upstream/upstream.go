@@ -22,11 +22,13 @@
 //   - Fast failure. With no healthy upstream for a name the plugin answers
 //     SERVFAIL at once, without sending. Forward, unless told to fail fast,
 //     picks a random dead upstream and waits out its timeouts.
-//   - Continuous health checks. Forward only probes an upstream after a query
-//     to it failed, so an idle upstream's state is unknown and the
-//     localdns_upstream_healthy gauge would be stale. Here every upstream is
-//     checked every health_check interval, skipped when a real query to it
-//     succeeded within the interval (a busy upstream costs no extra probes).
+//   - Continuous, shared health checks. Forward only probes an upstream after
+//     a query to it failed, so an idle upstream's state is unknown and a
+//     healthy gauge would be stale; and every forward block probes on its
+//     own. Here every upstream is checked every health_check interval, once
+//     per CoreDNS instance however many blocks use it, and the probe is
+//     skipped when a real query to it got an answer within the interval (a
+//     busy upstream costs no extra probes).
 //   - Spread. A kube-proxy service IP is a DNAT chosen per conntrack flow; a
 //     reused UDP socket is one flow and pins all of a node's queries to one
 //     CoreDNS pod. With spread on (the default) every UDP query goes out on a
@@ -37,7 +39,8 @@
 //
 // Metrics are package-level collectors on the default Prometheus registry,
 // which CoreDNS's prometheus plugin serves; this is the CoreDNS convention and
-// the only package-level state besides plugin registration.
+// the only package-level state besides plugin registration. Shared health
+// state lives in the caddy instance's storage, so a reload starts afresh.
 package upstream
 
 import (

@@ -1,0 +1,167 @@
+package upstream
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/coredns/plugin/pkg/proxy"
+)
+
+// healthKey identifies one health-checked upstream. Server blocks of one
+// CoreDNS instance that name the same upstream in the same group with the
+// same check settings share one health state: one probe stream per upstream
+// instead of one per block, and one unambiguous healthy gauge.
+type healthKey struct {
+	group, addr string
+	tcp         bool
+	interval    time.Duration
+	noRec       bool
+	domain      string
+	maxfails    uint32
+}
+
+// health is the state of one upstream as seen by its health checks. The
+// proxy carries CoreDNS's health checker and fails counter; it is never
+// used for queries (each block has its own proxy for those).
+type health struct {
+	key healthKey
+	p   *proxy.Proxy
+
+	// lastOK is the time (unix nanoseconds) of the last real query that got
+	// an answer; a recent one makes a probe unnecessary.
+	lastOK atomic.Int64
+	// kick asks the health loop for a check now (after a failed query).
+	kick chan struct{}
+	// healthy is the state last published to the gauge.
+	healthy atomic.Bool
+}
+
+// down reports whether the upstream failed more than maxfails checks in a row.
+func (h *health) down() bool { return h.p.Down(h.key.maxfails) }
+
+// answered records that a real query got an answer.
+func (h *health) answered() { h.lastOK.Store(time.Now().UnixNano()) }
+
+// checkSoon asks the health loop for an immediate check.
+func (h *health) checkSoon() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// loop checks the upstream every interval until ctx is done. A check is
+// skipped when the upstream has no recorded failure and a real query got an
+// answer within the interval.
+func (h *health) loop(ctx context.Context) {
+	h.check()
+	t := time.NewTicker(h.key.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-h.kick:
+		}
+		if h.p.Fails() == 0 && time.Since(time.Unix(0, h.lastOK.Load())) < h.key.interval {
+			h.publish()
+			continue
+		}
+		h.check()
+	}
+}
+
+// check runs one health check (proxy's ". IN NS" probe) and publishes the
+// resulting state.
+func (h *health) check() {
+	if hc := h.p.GetHealthchecker(); hc != nil {
+		hc.Check(h.p) // the outcome is kept in the proxy's fails counter
+	}
+	h.publish()
+}
+
+// publish sets the healthy gauge and logs state changes.
+func (h *health) publish() {
+	up := !h.down()
+	v := 0.0
+	if up {
+		v = 1
+	}
+	healthy.WithLabelValues(h.key.group, h.key.addr).Set(v)
+	if h.healthy.Swap(up) != up {
+		if up {
+			log.Infof("Upstream %s (%s) is healthy again", h.key.addr, h.key.group)
+		} else {
+			log.Warningf("Upstream %s (%s) is down after %d failed health checks", h.key.addr, h.key.group, h.p.Fails())
+		}
+	}
+}
+
+// healthSet holds the health states of one CoreDNS instance. It lives in the
+// caddy instance's storage, so a reload starts a fresh set and nothing is
+// shared between instances.
+type healthSet struct {
+	mu      sync.Mutex
+	entries map[healthKey]*health
+	cancel  context.CancelFunc
+}
+
+type healthSetKey struct{}
+
+// healthSetOf returns the instance's health set, creating it (and hooking
+// its start and stop to the instance) on first use.
+func healthSetOf(c *caddy.Controller) *healthSet {
+	if hs, ok := c.Get(healthSetKey{}).(*healthSet); ok {
+		return hs
+	}
+	hs := &healthSet{entries: map[healthKey]*health{}}
+	c.Set(healthSetKey{}, hs)
+	c.OnStartup(func() error { hs.start(); return nil })
+	c.OnShutdown(func() error { hs.stop(); return nil })
+	return hs
+}
+
+// get returns the health state for k, creating it on first use.
+func (hs *healthSet) get(k healthKey) *health {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if h, ok := hs.entries[k]; ok {
+		return h
+	}
+	h := &health{key: k, p: proxy.NewProxy(pluginName, k.addr, "dns"), kick: make(chan struct{}, 1)}
+	h.healthy.Store(true)
+	hc := h.p.GetHealthchecker()
+	hc.SetRecursionDesired(!k.noRec)
+	hc.SetDomain(k.domain)
+	if k.tcp {
+		hc.SetTCPTransport()
+	}
+	hs.entries[k] = h
+	return h
+}
+
+// start runs one health loop per upstream.
+func (hs *healthSet) start() {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if hs.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	hs.cancel = cancel
+	for _, h := range hs.entries {
+		go h.loop(ctx)
+	}
+}
+
+func (hs *healthSet) stop() {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if hs.cancel != nil {
+		hs.cancel()
+	}
+}

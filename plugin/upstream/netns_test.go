@@ -1,0 +1,269 @@
+package upstream_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netns"
+)
+
+// The netns test builds a small node:
+//
+//	ns node: localdns (this plugin), 127.0.0.1:53, and a kube-proxy-style
+//	         nftables DNAT 10.96.0.10:53 -> numgen random mod 2 ->
+//	         192.0.2.11 | 192.0.2.12, with conntrack.
+//	ns be:   two CoreDNS "cluster DNS pods" on 192.0.2.11 and 192.0.2.12,
+//	         answering *.cluster.local with 10.1.0.11 and 10.1.0.12, and a
+//	         "VNet DNS" CoreDNS on 192.0.2.53 (NXDOMAIN for the cluster
+//	         zones, an address for everything else).
+//
+// The part that must run inside the node namespace runs in a child process
+// (this test binary under "ip netns exec"): the plugin opens a socket per
+// query on whatever thread the query runs on, so every thread of the
+// process must be in the node namespace. The backends only need their
+// listening sockets in their namespace; they are started in the child on a
+// thread switched there for the duration of caddy.Start.
+
+const (
+	envChild     = "LOCALDNS_UPSTREAM_NETNS_BACKEND"
+	serviceIP    = "10.96.0.10"
+	backend1     = "192.0.2.11"
+	backend2     = "192.0.2.12"
+	vnetIP       = "192.0.2.53"
+	answer1      = "10.1.0.11"
+	answer2      = "10.1.0.12"
+	vnetAnswer   = "203.0.113.53"
+	spreadNames  = 3000
+	maxShare     = 0.70
+	fastFailTime = 100 * time.Millisecond
+)
+
+func TestSpreadAndFailoverNetns(t *testing.T) {
+	if be := os.Getenv(envChild); be != "" {
+		runNodeSide(t, be)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces, veth links and nftables rules")
+	}
+	for _, tool := range []string{"ip", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s: %v", tool, err)
+		}
+	}
+	node := fmt.Sprintf("ldns-up-node-%d", os.Getpid())
+	be := fmt.Sprintf("ldns-up-be-%d", os.Getpid())
+	for _, ns := range []string{node, be} {
+		run(t, "ip", "netns", "add", ns)
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	run(t, "ip", "-n", node, "link", "add", "vn", "type", "veth", "peer", "name", "vb", "netns", be)
+	run(t, "ip", "-n", node, "link", "set", "lo", "up")
+	run(t, "ip", "-n", node, "link", "set", "vn", "up")
+	run(t, "ip", "-n", node, "addr", "add", "192.0.2.1/24", "dev", "vn")
+	// The service IP needs a route for the first routing decision; after
+	// the DNAT the packet is routed to the chosen backend.
+	run(t, "ip", "-n", node, "route", "add", "10.96.0.0/12", "dev", "vn")
+	run(t, "ip", "-n", be, "link", "set", "lo", "up")
+	run(t, "ip", "-n", be, "link", "set", "vb", "up")
+	for _, a := range []string{backend1, backend2, vnetIP} {
+		run(t, "ip", "-n", be, "addr", "add", a+"/24", "dev", "vb")
+	}
+	ruleset := fmt.Sprintf(`table ip kubeproxy {
+	chain output {
+		type nat hook output priority -100; policy accept;
+		ip daddr %s meta l4proto { udp, tcp } th dport 53 dnat to numgen random mod 2 map { 0 : %s, 1 : %s }
+	}
+}
+`, serviceIP, backend1, backend2)
+	cmd := exec.Command("ip", "netns", "exec", node, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command("ip", "netns", "exec", node, self, "-test.run", "^TestSpreadAndFailoverNetns$", "-test.v", "-test.count=1")
+	child.Env = append(os.Environ(), envChild+"="+be)
+	var out bytes.Buffer
+	child.Stdout, child.Stderr = &out, &out
+	err = child.Run()
+	for _, l := range strings.Split(strings.TrimRight(out.String(), "\n"), "\n") {
+		t.Log("node| " + l)
+	}
+	if err != nil {
+		t.Fatalf("node side failed: %v", err)
+	}
+}
+
+func run(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// runNodeSide runs in the child process, inside the node namespace.
+func runNodeSide(t *testing.T, beNS string) {
+	startIn := func(corefile string) *caddy.Instance {
+		t.Helper()
+		inst, err := startInNetns(beNS, corefile)
+		if err != nil {
+			t.Fatalf("start backend in %s: %v", beNS, err)
+		}
+		return inst
+	}
+	pod := func(ip, answer string) string {
+		return fmt.Sprintf(".:53 {\n\tbind %s\n\ttemplate IN A cluster.local {\n\t\tanswer \"{{ .Name }} 5 IN A %s\"\n\t}\n}\n", ip, answer)
+	}
+	pod1 := startIn(pod(backend1, answer1))
+	pod2 := startIn(pod(backend2, answer2))
+	vnet := startIn(fmt.Sprintf(`.:53 {
+	bind %s
+	template ANY ANY cluster.local in-addr.arpa ip6.arpa {
+		rcode NXDOMAIN
+	}
+	template IN A . {
+		answer "{{ .Name }} 5 IN A %s"
+	}
+}
+`, vnetIP, vnetAnswer))
+	t.Cleanup(func() { stopInstance(t, vnet) })
+
+	block := func(spread string) string {
+		return upstreamBlock(
+			"to "+serviceIP+":53",
+			"failover "+vnetIP+":53",
+			"never_failover cluster.local in-addr.arpa ip6.arpa",
+			"group_names cluster vnet",
+			"protocol prefer_udp",
+			"policy sequential",
+			"max_concurrent 1000",
+			"health_check 0.5s",
+			"spread "+spread,
+		)
+	}
+	// One instance at a time: both would publish the same healthy gauge.
+	offInst, err := startCorefile(".:0 {\n\tbind 127.0.0.1\n" + block("off") + "\n}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := listener{udp: offInst.Servers()[0].LocalAddr().String()}
+
+	// Spread: distinct cluster names, one at a time (the worst case for a
+	// reused socket: one flow), counted by the backend that answered.
+	share := func(l listener, label string) float64 {
+		n := map[string]int{}
+		start := time.Now()
+		for i := range spreadNames {
+			r, _ := ask(t, l, "udp", fmt.Sprintf("svc%d.ns%d.svc.cluster.local", i, i%7), dns.TypeA)
+			n[answerOf(r)]++
+		}
+		took := time.Since(start)
+		if n[answer1]+n[answer2] != spreadNames {
+			t.Fatalf("%s: answers %v, want %d from the two backends", label, n, spreadNames)
+		}
+		s := float64(max(n[answer1], n[answer2])) / spreadNames
+		t.Logf("%s: %d names -> backend1 %d, backend2 %d, larger share %.1f%% (%.0f q/s)",
+			label, spreadNames, n[answer1], n[answer2], 100*s, spreadNames/took.Seconds())
+		return s
+	}
+	share(off, "spread off (forward's socket reuse)")
+	stopInstance(t, offInst)
+	upstreamFlows := conntrackFlows(serviceIP)
+	on := startLocaldns(t, block("on"))
+	if s := share(on, "spread on (socket per query)"); s > maxShare {
+		t.Errorf("spread on: one backend got %.1f%% of the queries, want <= %.0f%%", 100*s, 100*maxShare)
+	}
+	if n := conntrackFlows(serviceIP); n >= 0 && upstreamFlows >= 0 {
+		t.Logf("conntrack flows to the service IP: %d after spread off, %d after spread on (health checks included)", upstreamFlows, n)
+	}
+
+	// Failover: stop both cluster DNS pods.
+	stopped := time.Now()
+	stopInstance(t, pod1)
+	stopInstance(t, pod2)
+	svc := serviceIP + ":53"
+	waitFor(t, 15*time.Second, "service IP marked down", func() bool { return healthyGauge(t, "cluster", svc) == 0 })
+	t.Logf("service IP marked down %s after the pods stopped", time.Since(stopped).Round(10*time.Millisecond))
+
+	var worstExt, worstCluster time.Duration
+	for i := range 200 {
+		r, took := ask(t, on, "udp", fmt.Sprintf("host%d.example.com", i), dns.TypeA)
+		if answerOf(r) != vnetAnswer {
+			t.Fatalf("external name with the cluster DNS down: got %s, want the VNet answer", answerOf(r))
+		}
+		worstExt = max(worstExt, took)
+		name, qtype := fmt.Sprintf("svc%d.default.svc.cluster.local", i), dns.TypeA
+		if i%2 == 1 {
+			name, qtype = fmt.Sprintf("%d.0.96.10.in-addr.arpa", i), dns.TypePTR
+		}
+		r, took = ask(t, on, "udp", name, qtype)
+		if r.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("%s with the cluster DNS down: rcode %s, want SERVFAIL (never NXDOMAIN)", name, dns.RcodeToString[r.Rcode])
+		}
+		worstCluster = max(worstCluster, took)
+	}
+	t.Logf("cluster DNS down: 200 external names via VNet, slowest %s; 200 cluster/reverse names SERVFAIL, slowest %s", worstExt, worstCluster)
+	if worstCluster > fastFailTime {
+		t.Errorf("slowest SERVFAIL took %s, want < %s", worstCluster, fastFailTime)
+	}
+}
+
+// conntrackFlows counts the conntrack entries of UDP flows to ip, or -1 when
+// the conntrack tool is missing.
+func conntrackFlows(ip string) int {
+	out, err := exec.Command("conntrack", "-L", "-p", "udp", "--orig-dst", ip).Output()
+	if err != nil {
+		return -1
+	}
+	return strings.Count(string(out), "\n")
+}
+
+// startInNetns starts a CoreDNS instance whose listening sockets are created
+// in the named network namespace. The switch happens on a locked thread that
+// is discarded if it cannot be switched back.
+func startInNetns(name, corefile string) (*caddy.Instance, error) {
+	type result struct {
+		inst *caddy.Instance
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(name)
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			ch <- result{err: err}
+			return
+		}
+		inst, err := startCorefile(corefile)
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{inst, err}
+	}()
+	r := <-ch
+	return r.inst, r.err
+}
