@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -139,7 +140,7 @@ func (d *Daemon) start() error {
 }
 
 func (d *Daemon) logStarted() {
-	attrs := []any{"source", d.source.Description}
+	attrs := []any{"source", d.source.Description, "listening", d.listening()}
 	if p := d.source.Profile; p != nil {
 		attrs = append(attrs,
 			"mode", p.Mode,
@@ -149,6 +150,20 @@ func (d *Daemon) logStarted() {
 			"metrics", p.Metrics, "manageNetwork", p.Network.Manage)
 	}
 	d.log.Info("localdns serving", attrs...)
+}
+
+// listening returns the addresses DNS is served on.
+func (d *Daemon) listening() []string {
+	addrs := d.owner.Addresses()
+	if len(addrs) == 0 && d.inst != nil {
+		for _, s := range d.inst.Servers() {
+			if a := s.LocalAddr(); a != nil {
+				addrs = append(addrs, a.String())
+			}
+		}
+	}
+	sort.Strings(addrs)
+	return addrs
 }
 
 // Listeners returns the addresses the profile's listeners serve on, or nil
@@ -191,8 +206,10 @@ func Probe(ctx context.Context, addr netip.AddrPort, network string) error {
 	if err != nil {
 		return err
 	}
-	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
-		return fmt.Errorf("probe answered %s with %d records", dns.RcodeToString[r.Rcode], len(r.Answer))
+	// whoami answers NOERROR with the client's address in the additional
+	// section; anything else means the probe zone is not ours.
+	if r.Rcode != dns.RcodeSuccess || len(r.Extra) == 0 {
+		return fmt.Errorf("probe answered %s with %d additional records, want whoami's NOERROR", dns.RcodeToString[r.Rcode], len(r.Extra))
 	}
 	return nil
 }

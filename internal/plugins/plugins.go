@@ -9,6 +9,7 @@ package plugins
 import (
 	"fmt"
 
+	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 
 	// Stock CoreDNS plugins we use. Nothing else is compiled in.
@@ -68,6 +69,9 @@ var Directives = []string{
 }
 
 func init() {
+	// caddy and dnsserver print the addresses they bind to stdout; with the
+	// frontend those are parked ports, so localdns logs the real ones itself.
+	caddy.Quiet, dnsserver.Quiet = true, true
 	if err := dnsserver.SetDirectives(Directives); err != nil {
 		panic(fmt.Sprintf("localdns plugin order: %v", err))
 	}
