@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/localdns/localdns/test/bench/upstream"
+)
+
+// round is one engine's measurements in one round.
+type round struct {
+	qps         float64
+	maxLost     uint64
+	p50, p99    time.Duration
+	p999        time.Duration
+	latLost     uint64
+	latSent     uint64
+	upstreamMax uint64 // upstream queries during the max-QPS run (cache misses)
+	upstreamLat uint64 // and during the latency run
+	peakRSS     int64
+}
+
+func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, ps *procs) error {
+	engines := make([]engine, 0, len(cfg.engines))
+	for _, n := range cfg.engines {
+		e, err := cfg.engine(strings.TrimSpace(n))
+		if err != nil {
+			return err
+		}
+		engines = append(engines, e)
+	}
+	queries := dir + "/queries"
+	if err := writeNames(queries, "host-%05d.svc.bench.example.", cfg.names); err != nil {
+		return err
+	}
+	fmt.Printf("workload: %d unique A names, %d rounds; per engine and round: warm-up pass, %d s max QPS, %d s at %d QPS\n",
+		cfg.names, cfg.rounds, cfg.seconds, cfg.seconds, cfg.rate)
+	fmt.Printf("client: dnsperf %s (same for every engine)\n", strings.Join(cfg.client, " "))
+	for _, e := range engines {
+		fmt.Printf("engine %s: %s\n", e.name, e.desc)
+		fmt.Printf("  Corefile: %s", strings.ReplaceAll(corefile(0, up.Addr(), e, ""), "\n", "\n  "))
+		fmt.Println()
+	}
+
+	results := map[string][]round{}
+	for r := range cfg.rounds {
+		order := slices.Clone(engines)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, e := range order {
+			res, err := qpsRound(ctx, cfg, dir, queries, up, ps, e, r)
+			if err != nil {
+				return fmt.Errorf("round %d, %s: %w", r+1, e.name, err)
+			}
+			results[e.name] = append(results[e.name], res)
+			fmt.Printf("round %d %-16s %9.0f QPS (lost %d) | at %d QPS: p50 %s p99 %s p99.9 %s (lost %d/%d) | upstream %d+%d | peak RSS %s\n",
+				r+1, e.name, res.qps, res.maxLost, cfg.rate, us(res.p50), us(res.p99), us(res.p999),
+				res.latLost, res.latSent, res.upstreamMax, res.upstreamLat, mib(res.peakRSS))
+		}
+	}
+
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("\nloadavg at end: %s\n", load)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "engine\tQPS (median)\tQPS per round\tp50\tp99\tp99.9\tpeak RSS\t\n")
+	med := map[string]float64{}
+	for _, e := range engines {
+		rs := results[e.name]
+		var q []float64
+		var p50, p99, p999 []time.Duration
+		var rss int64
+		var per []string
+		for _, x := range rs {
+			q = append(q, x.qps)
+			per = append(per, strconv.FormatFloat(x.qps/1000, 'f', 1, 64)+"k")
+			p50, p99, p999 = append(p50, x.p50), append(p99, x.p99), append(p999, x.p999)
+			rss = max(rss, x.peakRSS)
+		}
+		med[e.name] = median(q)
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", e.name, med[e.name], strings.Join(per, " "),
+			us(medianDur(p50)), us(medianDur(p99)), us(medianDur(p999)), mib(rss))
+	}
+	tw.Flush()
+	fmt.Printf("(latency columns: median over rounds of each round's percentile at a fixed %d QPS)\n", cfg.rate)
+	if s, l := med["stock"], med["localdns"]; s > 0 && l > 0 {
+		fmt.Printf("\nRATIO localdns/stock QPS = %.2f  (issue #3 bar: >= 1.3, target 1.6)\n", l/s)
+	}
+	return nil
+}
+
+func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream.Server, ps *procs, e engine, r int) (round, error) {
+	var res round
+	srv, err := startServer(ctx, ps, e, dir, fmt.Sprintf("r%d", r+1), up.Addr(), "", 0)
+	if err != nil {
+		return res, err
+	}
+	defer ps.stop(srv.proc, 5*time.Second)
+
+	timeout := func(s int) (context.Context, context.CancelFunc) {
+		return context.WithTimeout(ctx, time.Duration(s+30)*time.Second)
+	}
+	// Warm-up: every name once, gently enough that no query is dropped on
+	// the way in, so the measured runs are all cache hits (the upstream
+	// counts below show whether they were).
+	wctx, cancel := timeout(cfg.seconds)
+	_, err = dnsperf(wctx, srv.port, append([]string{"-d", queries, "-n", "1", "-l", strconv.Itoa(cfg.seconds + 20)}, cfg.warm...)...)
+	cancel()
+	if err != nil {
+		return res, fmt.Errorf("warm-up: %w", err)
+	}
+
+	u0 := up.Queries()
+	mctx, cancel := timeout(cfg.seconds)
+	maxRes, err := dnsperf(mctx, srv.port, append([]string{"-d", queries, "-l", strconv.Itoa(cfg.seconds)}, cfg.client...)...)
+	cancel()
+	if err != nil {
+		return res, fmt.Errorf("max QPS: %w", err)
+	}
+	u1 := up.Queries()
+	lctx, cancel := timeout(cfg.seconds)
+	latRes, err := dnsperf(lctx, srv.port, append([]string{"-d", queries, "-l", strconv.Itoa(cfg.seconds),
+		"-Q", strconv.Itoa(cfg.rate), "-v"}, cfg.client...)...)
+	cancel()
+	if err != nil {
+		return res, fmt.Errorf("latency: %w", err)
+	}
+	u2 := up.Queries()
+	st, err := procStatus(srv.proc.pid())
+	if err != nil {
+		return res, err
+	}
+
+	lat := latRes.Latencies
+	slices.Sort(lat)
+	res = round{
+		qps: maxRes.QPS, maxLost: maxRes.Lost,
+		p50: percentile(lat, 0.50), p99: percentile(lat, 0.99), p999: percentile(lat, 0.999),
+		latLost: latRes.Lost, latSent: latRes.Sent,
+		upstreamMax: u1 - u0, upstreamLat: u2 - u1,
+		peakRSS: st["VmHWM"],
+	}
+	if len(lat) == 0 {
+		return res, fmt.Errorf("latency run printed no per-query lines")
+	}
+	return res, nil
+}
