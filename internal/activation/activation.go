@@ -32,7 +32,17 @@
 //
 // Serving: CoreDNS's caddy binds its own listeners and has no hook to accept a
 // socket, so the daemon serves inherited sockets itself (dnsserver.Server's
-// ServePacket/Serve, or its own front).
+// ServePacket/Serve, or its own front). Take returns the concrete
+// *net.UDPConn and *net.TCPListener, so the same sockets also serve a
+// recvmmsg fast path and fit a source of the form
+// func(addr string) (*net.UDPConn, *net.TCPListener, error) that binds
+// whatever half was not inherited.
+//
+// Restarts: while socket-activated, the listener addresses must stay on
+// their link when the process stops, or queued queries cannot arrive. So the
+// daemon leaves the network setup in place on a socket-activated stop, and
+// localdns.socket's ExecStopPost tears it down when the sockets themselves go
+// (see systemd/README.md).
 package activation
 
 import (
@@ -69,8 +79,8 @@ func (s Socket) String() string {
 // (no socket activation) is valid: Take finds nothing and Release returns
 // nothing. A Set is not safe for concurrent use.
 type Set struct {
-	udp     map[netip.AddrPort]inherited[net.PacketConn]
-	tcp     map[netip.AddrPort]inherited[net.Listener]
+	udp     map[netip.AddrPort]inherited[*net.UDPConn]
+	tcp     map[netip.AddrPort]inherited[*net.TCPListener]
 	unknown []Socket
 }
 
@@ -92,8 +102,8 @@ type inherited[C any] struct {
 func Inherited() (Set, error) {
 	files := activation.Files(true)
 	s := Set{
-		udp: make(map[netip.AddrPort]inherited[net.PacketConn]),
-		tcp: make(map[netip.AddrPort]inherited[net.Listener]),
+		udp: make(map[netip.AddrPort]inherited[*net.UDPConn]),
+		tcp: make(map[netip.AddrPort]inherited[*net.TCPListener]),
 	}
 	var errs []error
 	for _, f := range files {
@@ -131,7 +141,12 @@ func (s *Set) add(f *os.File) error {
 		if err != nil {
 			return fmt.Errorf("%s (udp %s): %w", f.Name(), info.addr, err)
 		}
-		s.udp[info.addr] = inherited[net.PacketConn]{pc, f.Name()}
+		udp, ok := pc.(*net.UDPConn)
+		if !ok {
+			pc.Close()
+			return fmt.Errorf("%s (udp %s): got a %T", f.Name(), info.addr, pc)
+		}
+		s.udp[info.addr] = inherited[*net.UDPConn]{udp, f.Name()}
 	case "tcp":
 		if prev, dup := s.tcp[info.addr]; dup {
 			skip("second tcp socket for the address; using " + prev.name)
@@ -141,7 +156,12 @@ func (s *Set) add(f *os.File) error {
 		if err != nil {
 			return fmt.Errorf("%s (tcp %s): %w", f.Name(), info.addr, err)
 		}
-		s.tcp[info.addr] = inherited[net.Listener]{l, f.Name()}
+		tcp, ok := l.(*net.TCPListener)
+		if !ok {
+			l.Close()
+			return fmt.Errorf("%s (tcp %s): got a %T", f.Name(), info.addr, l)
+		}
+		s.tcp[info.addr] = inherited[*net.TCPListener]{tcp, f.Name()}
 	default:
 		skip("unsupported socket")
 	}
@@ -153,7 +173,7 @@ func (s *Set) add(f *os.File) error {
 // means that half was not inherited and the caller binds it itself. The
 // returned sockets belong to the caller; taking an address twice finds
 // nothing the second time. IPv4-mapped IPv6 addresses match their IPv4 form.
-func (s Set) Take(addr netip.AddrPort) (udp net.PacketConn, tcp net.Listener, ok bool) {
+func (s Set) Take(addr netip.AddrPort) (udp *net.UDPConn, tcp *net.TCPListener, ok bool) {
 	addr = normalize(addr)
 	if u, found := s.udp[addr]; found {
 		udp = u.conn
