@@ -271,8 +271,12 @@ func TestServeStaleImmediate(t *testing.T) {
 	name := "stale.example.org."
 	ask(t, addr, name, qopt{edns: 1232})
 
+	// A slow, failing upstream: the stale answers must not wait for it, and
+	// all of them together cause one refresh.
 	up.set(rcodeAnswer(dns.RcodeServerFailure))
+	up.setDelay(300 * time.Millisecond)
 	clock.advance(15 * time.Second)
+	start := time.Now()
 	before := counterValue(nodecache.RefreshFailuresTotal.WithLabelValues(label))
 	var wg sync.WaitGroup
 	for range 10 {
@@ -293,12 +297,20 @@ func TestServeStaleImmediate(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	if took := time.Since(start); took > 250*time.Millisecond {
+		t.Fatalf("stale answers took %s: they waited for the upstream", took)
+	}
 	waitFor(t, "refresh failure", func() bool {
 		return counterValue(nodecache.RefreshFailuresTotal.WithLabelValues(label)) > before
 	})
-	// Ten stale answers, at most a few refreshes (one in flight at a time).
-	if got := up.count(name); got < 2 || got > 4 {
-		t.Fatalf("upstream saw %d queries, want 1 + a few refreshes", got)
+	// Ten stale answers, one refresh (one in flight per key at a time).
+	if got := up.count(name); got != 2 {
+		t.Fatalf("upstream saw %d queries, want the miss and one refresh", got)
+	}
+	up.setDelay(0)
+	// The failed refresh kept the stale entry.
+	if m := ask(t, addr, name, qopt{edns: 1232}); len(m.Answer) != 1 || m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("after a failed refresh: %v", m)
 	}
 	// Without EDNS0: stale answer, no OPT.
 	m := ask(t, addr, name, qopt{})
