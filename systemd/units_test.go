@@ -204,3 +204,27 @@ func TestUnitsMatchProfileDefaults(t *testing.T) {
 		t.Errorf("localdns.socket ExecStopPost=%s, want the teardown", got)
 	}
 }
+
+// TestSysusers: the sysusers.d entry creates the user the units run as.
+func TestSysusers(t *testing.T) {
+	sysusers, err := exec.LookPath("systemd-sysusers")
+	if err != nil {
+		t.Skip("systemd-sysusers not installed (Debian package systemd)")
+	}
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	abs, err := filepath.Abs("localdns.sysusers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(sysusers, "--dry-run", "--root="+root, abs).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-sysusers: %v\n%s", err, out)
+	}
+	user := parse(t, "localdns.service").one(t, "Service", "User")
+	if !strings.Contains(string(out), "Creating user '"+user+"'") {
+		t.Errorf("sysusers does not create user %q:\n%s", user, out)
+	}
+}
