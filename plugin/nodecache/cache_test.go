@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
 
 	"github.com/localdns/localdns/plugin/nodecache"
@@ -509,5 +510,25 @@ func TestHitPathMetrics(t *testing.T) {
 	}
 	if d := counterValue(nodecache.MissesTotal.WithLabelValues(label)) - miss0; d != 1 {
 		t.Fatalf("misses +%v, want +1", d)
+	}
+}
+
+func TestMemoryMustAgreeAcrossBlocks(t *testing.T) {
+	freshStore(t)
+	_, err := caddy.Start(caddy.CaddyfileInput{ServerTypeName: "dns", Contents: []byte(`.:0 {
+  bind 127.0.0.1
+  nodecache {
+    memory 16777216
+  }
+}
+cluster.local:0 {
+  bind 127.0.0.1
+  nodecache {
+    memory 33554432
+  }
+}
+`)})
+	if err == nil || !strings.Contains(err.Error(), "memory is process-wide") {
+		t.Fatalf("blocks with different memory: %v", err)
 	}
 }
