@@ -158,10 +158,16 @@ func (hs *healthSet) start() {
 	}
 }
 
+// stop ends the health loops and removes their gauges, so an upstream
+// dropped by a reload does not linger; one that is kept is published again
+// by the new instance's next check.
 func (hs *healthSet) stop() {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	if hs.cancel != nil {
 		hs.cancel()
+	}
+	for k := range hs.entries {
+		healthy.DeleteLabelValues(k.group, k.addr)
 	}
 }

@@ -44,7 +44,7 @@ type fakeUpstream struct {
 	servers []*dns.Server
 }
 
-func startFake(t *testing.T, answer string, nxZones ...string) *fakeUpstream {
+func startFake(t testing.TB, answer string, nxZones ...string) *fakeUpstream {
 	t.Helper()
 	f := &fakeUpstream{answer: answer, nxZones: nxZones, ports: map[int]bool{}}
 	var pc net.PacketConn
@@ -153,7 +153,7 @@ type listener struct{ udp, tcp string }
 
 // startLocaldns starts CoreDNS in-process with one server block on
 // 127.0.0.1 and a free port, whose body is body, and returns its addresses.
-func startLocaldns(t *testing.T, body string) listener {
+func startLocaldns(t testing.TB, body string) listener {
 	t.Helper()
 	inst, err := startCorefile(fmt.Sprintf(".:0 {\n\tbind 127.0.0.1\n%s\n}\n", body))
 	if err != nil {
@@ -167,7 +167,7 @@ func startCorefile(corefile string) (*caddy.Instance, error) {
 	return caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
 }
 
-func stopInstance(t *testing.T, inst *caddy.Instance) {
+func stopInstance(t testing.TB, inst *caddy.Instance) {
 	err := errors.Join(append(inst.ShutdownCallbacks(), inst.Stop())...)
 	inst.Wait()
 	if err != nil {
@@ -176,7 +176,7 @@ func stopInstance(t *testing.T, inst *caddy.Instance) {
 }
 
 // ask sends one query and returns the answer and how long it took.
-func ask(t *testing.T, l listener, network, name string, qtype uint16) (*dns.Msg, time.Duration) {
+func ask(t testing.TB, l listener, network, name string, qtype uint16) (*dns.Msg, time.Duration) {
 	t.Helper()
 	server := l.udp
 	if network == "tcp" {
@@ -205,7 +205,7 @@ func answerOf(r *dns.Msg) string {
 
 // metric returns the value of a gauge or counter, or the sample count of a
 // histogram, from the default registry, for the series with these labels.
-func metric(t *testing.T, name string, labels ...string) float64 {
+func metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
@@ -244,7 +244,7 @@ func metric(t *testing.T, name string, labels ...string) float64 {
 }
 
 // waitFor polls cond until it is true or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -255,7 +255,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func healthyGauge(t *testing.T, group, addr string) float64 {
+func healthyGauge(t testing.TB, group, addr string) float64 {
 	return metric(t, "localdns_upstream_healthy", "group", group, "upstream", addr)
 }
 

@@ -237,6 +237,19 @@ func TestFailover(t *testing.T) {
 		}
 	}
 
+	// Both groups down: external names fail fast too.
+	vnet.silent.Store(true)
+	waitFor(t, 8*time.Second, "vnet upstream down", func() bool { return healthyGauge(t, "vnet", vnet.addr) == 0 })
+	fastBefore := metric(t, "localdns_upstream_fast_failures_total", "group", "vnet")
+	r, took = ask(t, srv, "udp", "www.example.com", dns.TypeA)
+	if r.Rcode != dns.RcodeServerFailure || took > 100*time.Millisecond {
+		t.Errorf("external name with both groups down: rcode %s after %s, want SERVFAIL within 100ms", dns.RcodeToString[r.Rcode], took)
+	}
+	if got := metric(t, "localdns_upstream_fast_failures_total", "group", "vnet") - fastBefore; got != 1 {
+		t.Errorf("fast_failures_total{group=vnet} grew by %v, want 1", got)
+	}
+	vnet.silent.Store(false)
+
 	cluster.silent.Store(false)
 	waitFor(t, 3*time.Second, "cluster upstream back", func() bool { return healthyGauge(t, "cluster", cluster.addr) == 1 })
 	if r, _ := ask(t, srv, "udp", "www.example.com", dns.TypeA); answerOf(r) != "10.244.0.10" {
