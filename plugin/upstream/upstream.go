@@ -105,7 +105,7 @@ func (u *Upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 	}
 
 	ret, err := u.route.exchange(ctx, state, u.opts)
-	if err != nil && u.mayFailover(state.Name()) && !isRequestError(err) {
+	if err != nil && ctx.Err() == nil && !isRequestError(err) && u.mayFailover(state.Name()) {
 		failovers.WithLabelValues(u.route.name, u.failover.name).Inc()
 		ret, err = u.failover.exchange(ctx, state, u.opts)
 		if errors.Is(err, ErrNoHealthy) {
