@@ -24,6 +24,7 @@ type round struct {
 	upstreamMax uint64 // upstream queries during the max-QPS run (cache misses)
 	upstreamLat uint64 // and during the latency run
 	peakRSS     int64
+	cpu         usage // during the max-QPS run
 }
 
 func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, ps *procs) error {
@@ -55,13 +56,15 @@ func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, 
 			slices.Reverse(order)
 		}
 		for _, e := range order {
+			load := loadavg1()
 			res, err := qpsRound(ctx, cfg, dir, queries, up, ps, e, r)
 			if err != nil {
 				return fmt.Errorf("round %d, %s: %w", r+1, e.name, err)
 			}
 			results[e.name] = append(results[e.name], res)
-			fmt.Printf("round %d %-16s %9.0f QPS (lost %d) | at %d QPS: p50 %s p99 %s p99.9 %s (lost %d/%d) | upstream %d+%d | peak RSS %s\n",
-				r+1, e.name, res.qps, res.maxLost, cfg.rate, us(res.p50), us(res.p99), us(res.p999),
+			fmt.Printf("round %d %-16s load %4.1f | %7.0f QPS (lost %d; cores: server %.2f, dnsperf+runner %.2f, others %.2f) | at %d QPS: p50 %s p99 %s p99.9 %s (lost %d/%d) | upstream %d+%d | peak RSS %s\n",
+				r+1, e.name, load, res.qps, res.maxLost, res.cpu.server, res.cpu.bench, res.cpu.other,
+				cfg.rate, us(res.p50), us(res.p99), us(res.p999),
 				res.latLost, res.latSent, res.upstreamMax, res.upstreamLat, mib(res.peakRSS))
 		}
 	}
@@ -117,6 +120,11 @@ func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream
 	}
 
 	u0 := up.Queries()
+	c0, err := takeCPU(srv.proc.pid())
+	if err != nil {
+		return res, err
+	}
+	t0 := time.Now()
 	mctx, cancel := timeout(cfg.seconds)
 	maxRes, err := dnsperf(mctx, srv.port, append([]string{"-d", queries, "-l", strconv.Itoa(cfg.seconds)}, cfg.client...)...)
 	cancel()
@@ -124,6 +132,11 @@ func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream
 		return res, fmt.Errorf("max QPS: %w", err)
 	}
 	u1 := up.Queries()
+	c1, err := takeCPU(srv.proc.pid())
+	if err != nil {
+		return res, err
+	}
+	cpu := cpuUsage(c0, c1, time.Since(t0).Seconds())
 	lctx, cancel := timeout(cfg.seconds)
 	latRes, err := dnsperf(lctx, srv.port, append([]string{"-d", queries, "-l", strconv.Itoa(cfg.seconds),
 		"-Q", strconv.Itoa(cfg.rate), "-v"}, cfg.client...)...)
@@ -145,9 +158,28 @@ func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream
 		latLost: latRes.Lost, latSent: latRes.Sent,
 		upstreamMax: u1 - u0, upstreamLat: u2 - u1,
 		peakRSS: st["VmHWM"],
+		cpu:     cpu,
 	}
 	if len(lat) == 0 {
 		return res, fmt.Errorf("latency run printed no per-query lines")
 	}
 	return res, nil
+}
+
+// loadavg1 is the 1-minute load average: how busy the shared box was when a
+// round started (2.0 is both cores).
+func loadavg1() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -77,5 +78,29 @@ func TestMedian(t *testing.T) {
 	}
 	if got := median([]float64{4, 1, 3, 2}); got != 2.5 {
 		t.Errorf("median even = %v", got)
+	}
+}
+
+func TestCPUSnapshot(t *testing.T) {
+	s, err := takeCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn some CPU; both our own and the machine's counters must move.
+	deadline := time.Now().Add(200 * time.Millisecond)
+	x := 0
+	for time.Now().Before(deadline) {
+		x++
+	}
+	e, err := takeCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.self <= s.self || e.machine <= s.machine || e.server <= s.server {
+		t.Fatalf("CPU counters did not advance: %+v -> %+v (%d)", s, e, x)
+	}
+	u := cpuUsage(s, e, 0.2)
+	if u.server <= 0 || u.other < 0 {
+		t.Fatalf("usage %+v", u)
 	}
 }
