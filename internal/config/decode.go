@@ -64,10 +64,13 @@ func Parse(data []byte) (*Profile, error) {
 			return nil, Problems{{Path: "(document)", Reason: "not valid YAML or JSON: " + err.Error()}}
 		}
 	}
-	d := &decoder{}
+	d := &decoder{written: map[string]string{}}
 	p := Default()
 	d.profile(p, root)
-	d.problems = append(d.problems, p.validate()...)
+	for _, vp := range p.validate() {
+		vp.Path = d.rewrite(vp.Path)
+		d.problems = append(d.problems, vp)
+	}
 	if len(d.problems) > 0 {
 		return nil, d.problems
 	}
@@ -76,6 +79,25 @@ func Parse(data []byte) (*Profile, error) {
 
 type decoder struct {
 	problems Problems
+	// written maps the paths validate reports (canonical field names,
+	// normalised zones) to the spelling of the document, so that a problem
+	// found after decoding names the field as the user wrote it.
+	written map[string]string
+}
+
+// rewrite returns path with its longest known canonical prefix replaced by
+// the document's spelling.
+func (d *decoder) rewrite(path string) string {
+	best := ""
+	for canon := range d.written {
+		if (path == canon || strings.HasPrefix(path, canon+".")) && len(canon) > len(best) {
+			best = canon
+		}
+	}
+	if best == "" {
+		return path
+	}
+	return d.written[best] + path[len(best):]
 }
 
 func (d *decoder) fail(path string, v any, reason string, args ...any) {
@@ -138,33 +160,42 @@ func (d *decoder) profile(p *Profile, root any) {
 		d.fail("(document)", root, "must be a mapping of profile fields")
 		return
 	}
-	// A pasted agent-pool JSON may wrap everything in localDNSProfile.
-	for k, inner := range m {
-		if strings.EqualFold(k, "localDNSProfile") {
-			im, ok := inner.(map[string]any)
-			if !ok {
-				d.fail(k, inner, "must be a mapping")
-				continue
+	// A pasted agent-pool JSON may wrap the AKS fields in localDNSProfile
+	// (ARM) or localDnsProfile (az CLI); node fields may sit beside it.
+	// Fields inside the wrapper are reported with its name in the path.
+	outer := make(map[string]any, len(m))
+	var wrapKey string
+	var inner map[string]any
+	for _, k := range sortedKeys(m) {
+		if !strings.EqualFold(k, "localDNSProfile") {
+			outer[k] = m[k]
+			continue
+		}
+		if wrapKey != "" {
+			d.fail(k, nil, "given twice (%s and %s)", wrapKey, k)
+			continue
+		}
+		im, ok := m[k].(map[string]any)
+		if !ok {
+			d.fail(k, m[k], "must be a mapping")
+			continue
+		}
+		wrapKey, inner = k, im
+	}
+	if inner != nil {
+		lowerOuter := map[string]bool{}
+		for k := range outer {
+			lowerOuter[strings.ToLower(k)] = true
+		}
+		for _, k := range sortedKeys(inner) {
+			if lowerOuter[strings.ToLower(k)] {
+				d.fail(join(wrapKey, k), nil, "set both inside and outside %s", wrapKey)
+				delete(inner, k)
 			}
-			merged := make(map[string]any, len(m)+len(im))
-			for k2, v2 := range m {
-				if k2 != k {
-					merged[k2] = v2
-				}
-			}
-			for k2, v2 := range im {
-				if _, dup := merged[k2]; dup {
-					d.fail(join(k, k2), nil, "set both inside and outside %s", k)
-					continue
-				}
-				merged[k2] = v2
-			}
-			m = merged
-			break
 		}
 	}
 	vnetSet, kubeSet := false, false
-	d.fields("", m, map[string]func(string, any){
+	handlers := map[string]func(string, any){
 		"mode": func(path string, v any) {
 			p.Mode = Mode(d.enum(path, v, string(p.Mode), ModeRequired, ModePreferred, ModeDisabled))
 		},
@@ -226,24 +257,62 @@ func (d *decoder) profile(p *Profile, root any) {
 				d.fail(path, nil, "given twice (vnetDNSOverrides and vnetDnsOverrides)")
 			}
 			vnetSet = true
-			p.VnetDNSOverrides = d.overrides(path, v, true)
+			if o := d.overrides("vnetDNSOverrides", path, v, true); o != nil {
+				p.VnetDNSOverrides = o
+			}
 		},
 		"kubednsoverrides": func(path string, v any) {
 			if kubeSet {
 				d.fail(path, nil, "given twice (kubeDNSOverrides and kubeDnsOverrides)")
 			}
 			kubeSet = true
-			p.KubeDNSOverrides = d.overrides(path, v, false)
+			if o := d.overrides("kubeDNSOverrides", path, v, false); o != nil {
+				p.KubeDNSOverrides = o
+			}
 		},
-	})
+	}
+	d.fields("", outer, handlers)
+	if inner != nil {
+		d.fields(wrapKey, inner, handlers)
+	}
+	// The default override maps key the cluster domain's settings on
+	// cluster.local; with another cluster domain they belong to that one.
+	if cz := strings.ToLower(p.ClusterDomain) + "."; p.ClusterDomain != "" && cz != "cluster.local." {
+		if !vnetSet {
+			rekey(p.VnetDNSOverrides, "cluster.local.", cz)
+		}
+		if !kubeSet {
+			rekey(p.KubeDNSOverrides, "cluster.local.", cz)
+		}
+	}
 }
 
-func (d *decoder) overrides(path string, v any, vnet bool) map[string]Override {
+// rekey moves m[from] to m[to].
+func rekey(m map[string]Override, from, to string) {
+	if o, ok := m[from]; ok {
+		delete(m, from)
+		m[to] = o
+	}
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// overrides decodes one zone map; canon is the field's canonical name, the
+// one validate uses in its paths.
+func (d *decoder) overrides(canon, path string, v any, vnet bool) map[string]Override {
 	m, ok := v.(map[string]any)
 	if !ok {
 		d.fail(path, v, "must be a mapping of zone to settings")
 		return nil
 	}
+	d.written[canon] = path
 	out := make(map[string]Override, len(m))
 	seen := map[string]string{}
 	keys := make([]string, 0, len(m))
@@ -262,6 +331,7 @@ func (d *decoder) overrides(path string, v any, vnet bool) map[string]Override {
 			continue
 		}
 		seen[norm] = zone
+		d.written[join(canon, norm)] = zpath
 		o := DefaultOverride()
 		if vnet && norm == "." {
 			// The node listener's root always goes to VNet DNS; make that
@@ -409,10 +479,7 @@ func (d *decoder) upstreams(path string, v any) []Upstream {
 		}
 		out = append(out, u)
 	}
-	if len(out) == 0 && len(d.problems) == 0 {
-		d.fail(path, v, `must list at least one server, or be "auto"`)
-	}
-	return out
+	return out // an empty list is reported by validate
 }
 
 // ParseUpstream parses "ip", "ip:port" or "[ipv6]:port"; the port defaults to 53.
@@ -467,6 +534,24 @@ func (d *decoder) duration(path string, v any, keep time.Duration) time.Duration
 		return keep
 	}
 	return dur
+}
+
+func (d *decoder) linkName(path string, v any, keep string) string {
+	s, ok := v.(string)
+	if !ok || s == "" || len(s) > 15 || strings.ContainsAny(s, "/ \t") || s == "lo" {
+		d.fail(path, v, "must be a link name of 1 to 15 characters without '/' or spaces, other than lo")
+		return keep
+	}
+	return s
+}
+
+func (d *decoder) absPath(path string, v any, keep string) string {
+	s, ok := v.(string)
+	if !ok || !strings.HasPrefix(s, "/") {
+		d.fail(path, v, "must be an absolute path")
+		return keep
+	}
+	return s
 }
 
 // bytes parses a byte count: a number, or a number with a Ki, Mi or Gi suffix.

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -19,35 +20,43 @@ var stubResolvers = []netip.Addr{
 	netip.MustParseAddr("127.0.0.54"),
 }
 
-// DiscoverVNetDNS reads the first existing file of paths and returns its
-// nameservers, dropping our own listener addresses (loop) and the
-// systemd-resolved stubs. It also returns the file it read.
+// DiscoverVNetDNS returns the nameservers of the first of paths that lists
+// a usable one, dropping our own listener addresses (loop) and the
+// systemd-resolved stubs, and the file they came from. A file that is
+// missing, unreadable or lists nothing usable is skipped; when no file
+// remains the error says what each one held.
 func DiscoverVNetDNS(paths []string, own ...netip.Addr) ([]Upstream, string, error) {
+	if len(paths) == 0 {
+		return nil, "", errors.New("no resolv.conf file to read")
+	}
+	skip := append(append([]netip.Addr(nil), stubResolvers...), own...)
+	var why []string
 	for _, path := range paths {
 		data, err := os.ReadFile(path)
 		if errors.Is(err, fs.ErrNotExist) {
+			why = append(why, path+" does not exist")
 			continue
 		}
 		if err != nil {
-			return nil, path, fmt.Errorf("read %s: %w", path, err)
+			why = append(why, err.Error())
+			continue
 		}
 		servers := parseResolvConf(data)
 		var out []Upstream
-	next:
 		for _, s := range servers {
-			for _, skip := range append(append([]netip.Addr(nil), stubResolvers...), own...) {
-				if s == skip {
-					continue next
-				}
+			u := netip.AddrPortFrom(s, 53)
+			if !slices.Contains(skip, s) && !slices.Contains(out, u) {
+				out = append(out, u)
 			}
-			out = append(out, netip.AddrPortFrom(s, 53))
 		}
 		if len(out) == 0 {
-			return nil, path, fmt.Errorf("%s lists no usable nameserver (found %v; our listeners and the 127.0.0.53 stub are skipped)", path, servers)
+			why = append(why, fmt.Sprintf("%s lists no usable nameserver (found %v)", path, servers))
+			continue
 		}
 		return out, path, nil
 	}
-	return nil, "", fmt.Errorf("none of %s exists", strings.Join(paths, ", "))
+	return nil, "", fmt.Errorf("no VNet DNS server found (localdns's listeners %v and the stubs %v are never used): %s",
+		own, stubResolvers, strings.Join(why, "; "))
 }
 
 func parseResolvConf(data []byte) []netip.Addr {

@@ -40,6 +40,7 @@ func (p *Profile) validate() Problems {
 			for _, l := range listeners {
 				if u == l {
 					add(fmt.Sprintf("%s[%d]", path, i), u.String(), "is a localdns listener: forwarding to it would loop")
+					break
 				}
 			}
 		}
@@ -55,14 +56,24 @@ func (p *Profile) validate() Problems {
 	if p.VNetDNSAuto && len(p.ResolvConf) == 0 {
 		add("resolvConf", "", `must name at least one file when vnetDNS is "auto"`)
 	}
+	clusterDomainOK := true
 	if _, err := NormalizeZone(p.ClusterDomain); err != nil || p.ClusterDomain == "." || p.ClusterDomain == "" {
 		add("clusterDomain", p.ClusterDomain, "must be a DNS zone below the root")
+		clusterDomainOK = false
 	}
 	if p.Metrics != "" {
 		if ap, err := netip.ParseAddrPort(p.Metrics); err == nil {
+			// Metrics, ready and DNS over TCP all listen on TCP; an
+			// unspecified address takes the port on the listeners too.
 			for _, l := range listeners {
-				if ap.Addr() == l.Addr() && ap.Port() == p.ReadyPort {
-					add("metrics", p.Metrics, "collides with the ready endpoint on the same address")
+				if ap.Addr() != l.Addr() && !ap.Addr().IsUnspecified() {
+					continue
+				}
+				switch ap.Port() {
+				case p.ReadyPort:
+					add("metrics", p.Metrics, "collides with the ready endpoint on %s", netip.AddrPortFrom(l.Addr(), p.ReadyPort))
+				case p.Port:
+					add("metrics", p.Metrics, "collides with DNS over TCP on %s", l)
 				}
 			}
 		}
@@ -75,6 +86,12 @@ func (p *Profile) validate() Problems {
 	}
 
 	clusterZone := strings.ToLower(p.ClusterDomain) + "."
+	// AKS forbids cluster.local to VnetDNS whatever the cluster domain; a
+	// custom cluster domain is held to the same rule.
+	clusterZones := []string{"cluster.local."}
+	if clusterDomainOK && clusterZone != "cluster.local." {
+		clusterZones = append(clusterZones, clusterZone)
+	}
 	checkOverrides := func(name string, overrides map[string]Override, vnet bool) {
 		if len(overrides) == 0 {
 			add(name, "", `must have at least the zone "."`)
@@ -89,8 +106,11 @@ func (p *Profile) validate() Problems {
 			if vnet && zone == "." && o.ForwardDestination == DestinationClusterCoreDNS {
 				add(path+".forwardDestination", string(o.ForwardDestination), `the node listener's root zone "." may not forward to ClusterCoreDNS`)
 			}
-			if IsSubdomain(zone, clusterZone) && o.ForwardDestination == DestinationVnetDNS {
-				add(path+".forwardDestination", string(o.ForwardDestination), "names under the cluster domain %s may never forward to VnetDNS (it would answer NXDOMAIN)", p.ClusterDomain)
+			for _, cz := range clusterZones {
+				if IsSubdomain(zone, cz) && o.ForwardDestination == DestinationVnetDNS {
+					add(path+".forwardDestination", string(o.ForwardDestination), "names under the cluster domain %s may never forward to VnetDNS (it would answer NXDOMAIN)", strings.TrimSuffix(cz, "."))
+					break
+				}
 			}
 			if o.Protocol == ProtocolForceTCP && o.ServeStale == ServeStaleVerify {
 				add(path+".protocol", string(o.Protocol), "ForceTCP cannot be combined with serveStale Verify")
