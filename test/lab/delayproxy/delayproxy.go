@@ -1,0 +1,200 @@
+// Package delayproxy is the lab's stand-in for the network between a node and
+// a central CoreDNS pod: a UDP DNS proxy in front of the pod's CoreDNS that
+// holds every query for a configurable delay before passing it on.
+//
+// The kernel of the lab machine has no netem qdisc, so the hop cannot be
+// delayed in the kernel. The proxy adds a fixed base delay plus an
+// exponentially distributed jitter per query, on the request path only (the
+// reply is passed back at once, so the added round-trip time is exactly the
+// drawn delay). Anything load-dependent on top of that comes from the real
+// CoreDNS behind it and the machine's CPU, not from a model.
+//
+// Queries are multiplexed onto a few upstream sockets with their DNS IDs
+// rewritten, so CoreDNS sees a handful of client sockets (as it would see
+// kube-proxy's conntrack flows) and replies find their way back to the
+// original client and ID.
+package delayproxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Delay is the per-query delay model: Base plus an exponential jitter with
+// mean Jitter.
+type Delay struct {
+	Base   time.Duration
+	Jitter time.Duration
+}
+
+// Draw returns one query's delay.
+func (d Delay) Draw() time.Duration {
+	out := d.Base
+	if d.Jitter > 0 {
+		out += time.Duration(rand.ExpFloat64() * float64(d.Jitter))
+	}
+	return out
+}
+
+func (d Delay) String() string {
+	return fmt.Sprintf("%v + exp(mean %v)", d.Base, d.Jitter)
+}
+
+// pendingTTL is how long a rewritten ID stays reserved for a reply.
+const pendingTTL = 5 * time.Second
+
+// Proxy is a running delay proxy.
+type Proxy struct {
+	listen  net.PacketConn
+	delay   Delay
+	ups     []*upstream
+	next    atomic.Uint64
+	queries atomic.Uint64
+	dropped atomic.Uint64
+	wg      sync.WaitGroup
+}
+
+type upstream struct {
+	conn    *net.UDPConn
+	mu      sync.Mutex
+	nextID  uint16
+	pending [1 << 16]pending
+}
+
+type pending struct {
+	client net.Addr
+	id     uint16
+	at     time.Time
+}
+
+// Start proxies queries arriving on listen to the DNS server at to, over
+// sockets upstream sockets, delaying each by a draw of delay.
+func Start(listen net.PacketConn, to string, sockets int, delay Delay) (*Proxy, error) {
+	raddr, err := net.ResolveUDPAddr("udp", to)
+	if err != nil {
+		return nil, fmt.Errorf("delay proxy upstream %q: %w", to, err)
+	}
+	p := &Proxy{listen: listen, delay: delay}
+	for range max(sockets, 1) {
+		c, err := net.DialUDP("udp", nil, raddr)
+		if err != nil {
+			p.closeUpstreams()
+			return nil, fmt.Errorf("delay proxy dial %s: %w", to, err)
+		}
+		p.ups = append(p.ups, &upstream{conn: c})
+	}
+	p.wg.Add(1 + len(p.ups))
+	go p.serve()
+	for _, u := range p.ups {
+		go p.replies(u)
+	}
+	return p, nil
+}
+
+// Queries returns how many queries were passed on.
+func (p *Proxy) Queries() uint64 { return p.queries.Load() }
+
+// Dropped returns how many queries were dropped (malformed or no free ID).
+func (p *Proxy) Dropped() uint64 { return p.dropped.Load() }
+
+// Close stops the proxy and closes its sockets, including listen.
+func (p *Proxy) Close() error {
+	err := p.listen.Close()
+	p.closeUpstreams()
+	p.wg.Wait()
+	return err
+}
+
+func (p *Proxy) closeUpstreams() {
+	for _, u := range p.ups {
+		u.conn.Close()
+	}
+}
+
+func (p *Proxy) serve() {
+	defer p.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, client, err := p.listen.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if n < 12 {
+			p.dropped.Add(1)
+			continue
+		}
+		msg := append([]byte(nil), buf[:n]...)
+		u := p.ups[p.next.Add(1)%uint64(len(p.ups))]
+		id, ok := u.reserve(client, binary.BigEndian.Uint16(msg))
+		if !ok {
+			p.dropped.Add(1)
+			continue
+		}
+		binary.BigEndian.PutUint16(msg, id)
+		p.queries.Add(1)
+		if d := p.delay.Draw(); d > 0 {
+			time.AfterFunc(d, func() { u.conn.Write(msg) })
+		} else {
+			u.conn.Write(msg)
+		}
+	}
+}
+
+// reserve allocates an upstream ID for a client's query.
+func (u *upstream) reserve(client net.Addr, id uint16) (uint16, bool) {
+	now := time.Now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for range 64 {
+		u.nextID++
+		slot := &u.pending[u.nextID]
+		if slot.client == nil || now.Sub(slot.at) > pendingTTL {
+			*slot = pending{client: client, id: id, at: now}
+			return u.nextID, true
+		}
+	}
+	return 0, false
+}
+
+func (u *upstream) release(id uint16) (pending, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	slot := u.pending[id]
+	if slot.client == nil {
+		return slot, false
+	}
+	u.pending[id] = pending{}
+	return slot, true
+}
+
+func (p *Proxy) replies(u *upstream) {
+	defer p.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, err := u.conn.Read(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue // ICMP errors from a stopped upstream
+		}
+		if n < 12 {
+			continue
+		}
+		slot, ok := u.release(binary.BigEndian.Uint16(buf))
+		if !ok {
+			continue
+		}
+		binary.BigEndian.PutUint16(buf, slot.id)
+		p.listen.WriteTo(buf[:n], slot.client)
+	}
+}

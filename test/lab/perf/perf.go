@@ -1,0 +1,231 @@
+// Package perf runs dnsperf and turns its per-query verbose output into the
+// numbers the lab reports: latency percentiles, success rate and losses.
+//
+// dnsperf's own summary gives only the mean and the maximum latency; its -v
+// mode prints one line per query ("> NOERROR name A 0.000661", or
+// "> T name A" for a query that timed out), from which the percentiles are
+// computed here with the nearest-rank method. Success is judged per query
+// against the rcode the workload expects for that name, so a stale NXDOMAIN
+// for a service or a SERVFAIL during an outage counts as a failure, not only
+// a timeout.
+package perf
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Result is what one or more dnsperf runs measured.
+type Result struct {
+	Sent      int            // queries dnsperf sent
+	Answered  int            // responses received
+	Lost      int            // queries that timed out ("> T")
+	Succeeded int            // answered with the expected rcode
+	Rcodes    map[string]int // responses by rcode name
+	Latencies []time.Duration
+	Elapsed   time.Duration // wall time of the run(s), for QPS
+}
+
+// Expect maps a query name to the rcode a correct answer has.
+type Expect func(qname string) int
+
+// Parse reads dnsperf -v output. Lines that are not per-query lines are
+// ignored (dnsperf mixes status and statistics lines into the same stream).
+func Parse(r io.Reader, expect Expect) (*Result, error) {
+	res := &Result{Rcodes: map[string]int{}}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "> ") {
+			continue
+		}
+		f := strings.Fields(line[2:])
+		if len(f) == 0 {
+			continue
+		}
+		res.Sent++
+		if f[0] == "T" {
+			res.Lost++
+			continue
+		}
+		if len(f) < 4 {
+			return nil, fmt.Errorf("dnsperf line %q: want rcode, name, type and latency", line)
+		}
+		lat, err := strconv.ParseFloat(f[3], 64)
+		if err != nil {
+			return nil, fmt.Errorf("dnsperf line %q: latency: %w", line, err)
+		}
+		res.Answered++
+		res.Rcodes[f[0]]++
+		res.Latencies = append(res.Latencies, time.Duration(lat*float64(time.Second)))
+		if rc, ok := dns.StringToRcode[f[0]]; ok && (expect == nil || rc == expect(f[1])) {
+			res.Succeeded++
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read dnsperf output: %w", err)
+	}
+	return res, nil
+}
+
+// Merge adds o's counts and latencies to r.
+func (r *Result) Merge(o *Result) {
+	if r.Rcodes == nil {
+		r.Rcodes = map[string]int{}
+	}
+	r.Sent += o.Sent
+	r.Answered += o.Answered
+	r.Lost += o.Lost
+	r.Succeeded += o.Succeeded
+	for k, v := range o.Rcodes {
+		r.Rcodes[k] += v
+	}
+	r.Latencies = append(r.Latencies, o.Latencies...)
+	r.Elapsed = max(r.Elapsed, o.Elapsed)
+}
+
+// SuccessRate is the share of sent queries answered with the expected rcode.
+func (r *Result) SuccessRate() float64 {
+	if r.Sent == 0 {
+		return 0
+	}
+	return float64(r.Succeeded) / float64(r.Sent)
+}
+
+// Percentile returns the nearest-rank p-th percentile (0 < p <= 100) of the
+// answered queries' latencies, or 0 with none.
+func (r *Result) Percentile(p float64) time.Duration {
+	if len(r.Latencies) == 0 {
+		return 0
+	}
+	if !slices.IsSorted(r.Latencies) {
+		slices.Sort(r.Latencies)
+	}
+	rank := int(math.Ceil(p*float64(len(r.Latencies))/100 - 1e-9))
+	rank = min(max(rank, 1), len(r.Latencies))
+	return r.Latencies[rank-1]
+}
+
+// Run describes one dnsperf invocation.
+type Run struct {
+	Netns    string        // network namespace to run in ("" = current)
+	Server   string        // address to query
+	Data     string        // data file
+	QPS      int           // -Q
+	Duration time.Duration // -l; 0 with Once
+	Once     bool          // -n 1: one pass through the file
+	Clients  int           // -c: sockets
+	Outstand int           // -q: max outstanding queries
+	Timeout  time.Duration // -t
+}
+
+// Args returns the command line (ip netns exec ... dnsperf ...).
+func (r Run) Args() []string {
+	var args []string
+	if r.Netns != "" {
+		args = append(args, "ip", "netns", "exec", r.Netns)
+	}
+	args = append(args, "dnsperf", "-s", r.Server, "-d", r.Data, "-v")
+	if r.QPS > 0 {
+		args = append(args, "-Q", strconv.Itoa(r.QPS))
+	}
+	if r.Once {
+		args = append(args, "-n", "1")
+	} else {
+		args = append(args, "-l", strconv.FormatFloat(r.Duration.Seconds(), 'f', -1, 64))
+	}
+	if r.Clients > 0 {
+		args = append(args, "-c", strconv.Itoa(r.Clients))
+	}
+	if r.Outstand > 0 {
+		args = append(args, "-q", strconv.Itoa(r.Outstand))
+	}
+	if r.Timeout > 0 {
+		args = append(args, "-t", strconv.Itoa(int(math.Ceil(r.Timeout.Seconds()))))
+	}
+	return args
+}
+
+// Start launches dnsperf; Wait on the returned handle parses its output.
+func (r Run) Start(expect Expect) (*Handle, error) {
+	args := r.Args()
+	cmd := exec.Command(args[0], args[1:]...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("dnsperf: %w", err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start dnsperf: %w", err)
+	}
+	h := &Handle{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		h.res, h.err = Parse(out, expect)
+		io.Copy(io.Discard, out)
+		if err := cmd.Wait(); err != nil && h.err == nil {
+			h.err = fmt.Errorf("dnsperf %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		}
+		if h.res != nil {
+			h.res.Elapsed = time.Since(start)
+			if h.res.Sent == 0 && h.err == nil {
+				h.err = fmt.Errorf("dnsperf %s sent nothing: %s", strings.Join(args, " "), strings.TrimSpace(stderr.String()))
+			}
+		}
+	}()
+	return h, nil
+}
+
+// Handle is a running dnsperf.
+type Handle struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	res  *Result
+	err  error
+}
+
+// Wait waits for dnsperf to finish and returns what it measured.
+func (h *Handle) Wait() (*Result, error) {
+	<-h.done
+	return h.res, h.err
+}
+
+// RunAll starts the runs together and merges their results.
+func RunAll(runs []Run, expect Expect) (*Result, error) {
+	var hs []*Handle
+	for _, r := range runs {
+		h, err := r.Start(expect)
+		if err != nil {
+			for _, h := range hs {
+				h.cmd.Process.Kill()
+				h.Wait()
+			}
+			return nil, err
+		}
+		hs = append(hs, h)
+	}
+	total := &Result{Rcodes: map[string]int{}}
+	var firstErr error
+	for _, h := range hs {
+		res, err := h.Wait()
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		if res != nil {
+			total.Merge(res)
+		}
+	}
+	return total, firstErr
+}
