@@ -9,16 +9,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/daemon"
 	"github.com/localdns/localdns/internal/plugins"
+	"github.com/localdns/localdns/internal/sdnotify"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -35,6 +38,8 @@ func commands() []command {
 		{"run", "serve DNS (node profile, a given profile or Corefile, or the embedded laptop profile)", runCmd},
 		{"render", "print the Corefile a profile renders to", renderCmd},
 		{"validate", "check a profile and print every problem found", validateCmd},
+		{"teardown", "remove every link, address and rule localdns installed (for ExecStopPost)", teardownCmd},
+		{"probe", "query the probe zone on every listener over UDP and TCP", probeCmd},
 		{"version", "print localdns, CoreDNS and Go versions", versionCmd},
 		{"plugins", "list the compiled-in CoreDNS plugins in chain order", pluginsCmd},
 	}
@@ -131,7 +136,97 @@ nothing on the machine: listeners on 127.0.0.1:1053 (node) and 127.0.0.2:1053
 	defer cancel()
 	err := daemon.Run(ctx, daemon.Options{ConfigPath: *cfgPath, CorefilePath: *corePath, Logger: logger})
 	if err != nil {
-		logger.Error("localdns failed", "err", err)
+		code := daemon.ExitCode(err)
+		logger.Error("localdns failed", "err", err, "exitCode", code)
+		return code
+	}
+	return 0
+}
+
+// profileFor loads --config, the node profile, or the laptop profile.
+func profileFor(path string) (*config.Profile, string, error) {
+	switch {
+	case path != "":
+		p, err := config.Load(path)
+		return p, path, err
+	case fileExists(daemon.NodeProfilePath):
+		p, err := config.Load(daemon.NodeProfilePath)
+		return p, daemon.NodeProfilePath, err
+	default:
+		return config.Laptop(), "embedded laptop profile", nil
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func teardownCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("teardown", "[--config FILE] [--keep-if-held]", strings.TrimSpace(`
+Remove every link, address, nftables table and state file localdns installed
+for the profile. Idempotent, and safe after a SIGKILL: use it as ExecStopPost.
+
+With --keep-if-held nothing is removed while a socket is still bound to a
+listener address: that is systemd's localdns.socket holding the sockets while
+the service restarts, and the kernel must keep queueing queries for the next
+process. localdns.service uses --keep-if-held; localdns.socket does not, so
+stopping the socket unit removes everything.`), stderr)
+	cfgPath := fs.String("config", "", "profile `FILE` (default: the node profile)")
+	keep := fs.Bool("keep-if-held", false, "keep everything while a socket is bound to a listener address")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	p, from, err := profileFor(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "localdns teardown: %v\n", err)
+		return daemon.ExitConfig
+	}
+	if !p.Network.Manage {
+		fmt.Fprintf(stdout, "%s: network.manage is false: nothing was installed, nothing to remove\n", from)
+		return 0
+	}
+	res, err := daemon.Teardown(p, *keep)
+	if err != nil {
+		fmt.Fprintf(stderr, "localdns teardown: %v\n", err)
+		return 1
+	}
+	if res.Kept {
+		fmt.Fprintf(stdout, "kept: %s\n", res.Why)
+		return 0
+	}
+	fmt.Fprintln(stdout, "removed: listener addresses, link, conntrack-bypass table and state (where present)")
+	return 0
+}
+
+func probeCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("probe", "[--config FILE]", "Query health-check.localdns.local on every listener of the profile over UDP and\nTCP. Exit 0 when all answer, 1 otherwise.", stderr)
+	cfgPath := fs.String("config", "", "profile `FILE` (default: the node profile, or the laptop profile)")
+	timeout := fs.Duration("timeout", 2*time.Second, "time allowed for all probes")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	p, _, err := profileFor(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "localdns probe: %v\n", err)
+		return daemon.ExitConfig
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	failed := 0
+	for _, a := range []netip.Addr{p.NodeListener, p.ClusterListener} {
+		for _, network := range []string{"udp", "tcp"} {
+			ap := netip.AddrPortFrom(a, p.Port)
+			start := time.Now()
+			if err := sdnotify.Probe(ctx, ap, network); err != nil {
+				failed++
+				fmt.Fprintf(stdout, "FAIL %s/%s: %v\n", ap, network, err)
+				continue
+			}
+			fmt.Fprintf(stdout, "ok   %s/%s %s\n", ap, network, time.Since(start).Round(time.Microsecond))
+		}
+	}
+	if failed > 0 {
 		return 1
 	}
 	return 0

@@ -145,6 +145,14 @@ type Network struct {
 	Manage bool
 	// ReconcileInterval is how often addresses and rules are re-checked.
 	ReconcileInterval time.Duration
+	// ReplyNotrack also exempts our replies from conntrack. Switch it off
+	// only for a CNI that drops untracked replies (see internal/netsetup).
+	ReplyNotrack bool
+	// LinkName is the dummy link that carries the listener addresses.
+	LinkName string
+	// StateDir records what localdns installed, so teardown after a crash
+	// removes exactly that.
+	StateDir string
 }
 
 // Cache holds the process-wide cache settings.
@@ -168,6 +176,8 @@ const (
 	DefaultMaxMemory         = 64 << 20
 	DefaultSnapshot          = "/var/lib/localdns/cache.snapshot"
 	DefaultReconcileInterval = 30 * time.Second
+	DefaultLinkName          = "localdns"
+	DefaultStateDir          = "/run/localdns"
 )
 
 // DefaultResolvConf is the order auto discovery reads resolv.conf files in:

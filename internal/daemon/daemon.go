@@ -9,6 +9,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -20,11 +21,14 @@ import (
 	"time"
 
 	"github.com/coredns/caddy"
-	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/localdns/localdns/internal/activation"
 	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/corefile"
+	"github.com/localdns/localdns/internal/netsetup"
 	_ "github.com/localdns/localdns/internal/plugins" // our CoreDNS build
+	"github.com/localdns/localdns/internal/sdnotify"
 	"github.com/localdns/localdns/plugin/frontend"
 )
 
@@ -47,12 +51,13 @@ type Source struct {
 	Description string
 }
 
-// Load reads the source the options name.
+// Load reads the source the options name. Its errors are StartErrors that
+// say whether the configuration or the upstream discovery failed.
 func (o Options) Load() (*Source, error) {
 	if o.CorefilePath != "" {
 		data, err := os.ReadFile(o.CorefilePath)
 		if err != nil {
-			return nil, fmt.Errorf("read corefile: %w", err)
+			return nil, stepErr("read corefile", ExitConfig, err)
 		}
 		return &Source{Corefile: string(data), Description: "corefile " + o.CorefilePath}, nil
 	}
@@ -72,15 +77,18 @@ func (o Options) Load() (*Source, error) {
 		p, desc = config.Laptop(), "embedded laptop profile"
 	}
 	if err != nil {
-		return nil, err
+		return nil, stepErr("load profile", ExitConfig, err)
+	}
+	if p.Mode == config.ModeDisabled {
+		return &Source{Profile: p, Description: desc}, nil
 	}
 	ups, err := p.ResolveUpstreams()
 	if err != nil {
-		return nil, err
+		return nil, stepErr("upstreams", ExitUpstreams, err)
 	}
 	text, err := corefile.Render(p, ups)
 	if err != nil {
-		return nil, err
+		return nil, stepErr("render", ExitConfig, err)
 	}
 	return &Source{Corefile: text, Profile: p, Description: desc}, nil
 }
@@ -92,15 +100,23 @@ func fileExists(path string) bool {
 
 // Daemon is a running localdns.
 type Daemon struct {
-	opts   Options
-	log    *slog.Logger
-	source *Source
-	inst   *caddy.Instance
-	owner  *socketOwner
+	opts      Options
+	log       *slog.Logger
+	source    *Source
+	inst      *caddy.Instance
+	owner     *socketOwner
+	inherited bool // some listener sockets came from systemd
+	manage    bool // we installed addresses and rules
+	net       netsetup.Config
 }
 
-// Start loads the source, starts CoreDNS and serves every listener, and
-// returns once each listener answers its probe.
+// ErrDisabled is returned by Start when the profile's mode is Disabled.
+var ErrDisabled = errors.New("mode is Disabled")
+
+// Start runs the start sequence (DESIGN.md): load the profile and discover
+// upstreams, put the listener addresses in place, serve every listener,
+// self-probe each one, and only then install the conntrack bypass. It
+// returns once all of that is done; on failure it undoes what it did.
 func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -110,17 +126,65 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{opts: opts, log: opts.Logger, source: src}
-	d.owner = newSocketOwner(d.log, BindSockets)
+	p := src.Profile
+	if p != nil {
+		d.net = NetworkConfig(p, netsetup.NewMetrics(tolerantRegisterer{prometheus.DefaultRegisterer}))
+		if p.Mode == config.ModeDisabled {
+			return nil, ErrDisabled
+		}
+	}
+
+	set, err := activation.Inherited()
+	if err != nil {
+		d.log.Warn("sockets passed by systemd unusable; binding our own", "err", err)
+	}
+	d.inherited = set.Len() > 0
+	d.owner = newSocketOwner(d.log, inheritedSource(set, d.log))
+
+	if p != nil && p.Network.Manage {
+		res, err := netsetup.EnsureAddresses(d.net)
+		if err != nil {
+			return nil, d.abort(stepErr("listener addresses", ExitNetwork, err))
+		}
+		d.manage = true
+		if res.Fallback {
+			d.log.Warn("no dummy link type in this kernel: listener addresses are on lo", "reason", res.Reason)
+		}
+		if res.Changed() {
+			d.log.Info("listener addresses in place", "link", res.Link, "added", res.Added)
+		}
+	}
 	if err := d.start(); err != nil {
-		d.owner.Close()
-		return nil, err
+		return nil, d.abort(stepErr("serve listeners", ExitListen, err))
+	}
+	for _, s := range set.Release() {
+		d.log.Warn("socket passed by systemd matches no listener", "socket", s.String())
 	}
 	if err := d.probeAll(ctx, 5*time.Second); err != nil {
-		d.Stop()
-		return nil, err
+		return nil, d.abort(stepErr("self-probe", ExitProbe, err))
+	}
+	if d.manage {
+		if err := netsetup.EnsureRules(d.net); err != nil {
+			return nil, d.abort(stepErr("conntrack bypass", ExitRules, err))
+		}
 	}
 	d.logStarted()
 	return d, nil
+}
+
+// abort undoes a partial start and returns err.
+func (d *Daemon) abort(err error) error {
+	d.Stop()
+	if d.manage {
+		d.teardownNetwork()
+	}
+	return err
+}
+
+func (d *Daemon) teardownNetwork() {
+	if err := netsetup.Teardown(d.net); err != nil {
+		d.log.Error("network teardown", "err", err)
+	}
 }
 
 func (d *Daemon) start() error {
@@ -131,8 +195,6 @@ func (d *Daemon) start() error {
 	d.inst = inst
 	if fs := frontend.From(inst); fs != nil {
 		if err := fs.Attach(d.owner); err != nil {
-			inst.ShutdownCallbacks()
-			inst.Stop()
 			return fmt.Errorf("serve listeners: %w", err)
 		}
 	}
@@ -140,7 +202,7 @@ func (d *Daemon) start() error {
 }
 
 func (d *Daemon) logStarted() {
-	attrs := []any{"source", d.source.Description, "listening", d.listening()}
+	attrs := []any{"source", d.source.Description, "listening", d.listening(), "socketActivated", d.inherited}
 	if p := d.source.Profile; p != nil {
 		attrs = append(attrs,
 			"mode", p.Mode,
@@ -150,6 +212,14 @@ func (d *Daemon) logStarted() {
 			"metrics", p.Metrics, "manageNetwork", p.Network.Manage)
 	}
 	d.log.Info("localdns serving", attrs...)
+}
+
+// Summary is a one-line status for systemd's STATUS=.
+func (d *Daemon) Summary() string {
+	if p := d.source.Profile; p != nil {
+		return fmt.Sprintf("serving node %s, cluster %s (%s)", netip.AddrPortFrom(p.NodeListener, p.Port), netip.AddrPortFrom(p.ClusterListener, p.Port), d.source.Description)
+	}
+	return fmt.Sprintf("serving %s", d.source.Description)
 }
 
 // listening returns the addresses DNS is served on.
@@ -183,7 +253,7 @@ func (d *Daemon) probeAll(ctx context.Context, timeout time.Duration) error {
 	for _, l := range d.Listeners() {
 		for _, network := range []string{"udp", "tcp"} {
 			for {
-				err := Probe(ctx, l, network)
+				err := sdnotify.Probe(ctx, l, network)
 				if err == nil {
 					break
 				}
@@ -193,23 +263,6 @@ func (d *Daemon) probeAll(ctx context.Context, timeout time.Duration) error {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
-	}
-	return nil
-}
-
-// Probe asks addr for the probe zone over network and checks the answer.
-func Probe(ctx context.Context, addr netip.AddrPort, network string) error {
-	c := &dns.Client{Net: network, Timeout: time.Second}
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(corefile.ProbeZone), dns.TypeA)
-	r, _, err := c.ExchangeContext(ctx, m, addr.String())
-	if err != nil {
-		return err
-	}
-	// whoami answers NOERROR with the client's address in the additional
-	// section; anything else means the probe zone is not ours.
-	if r.Rcode != dns.RcodeSuccess || len(r.Extra) == 0 {
-		return fmt.Errorf("probe answered %s with %d additional records, want whoami's NOERROR", dns.RcodeToString[r.Rcode], len(r.Extra))
 	}
 	return nil
 }
@@ -247,43 +300,124 @@ func (d *Daemon) Reload() error {
 }
 
 // Stop drains the listeners, runs CoreDNS's shutdown callbacks (the cache
-// writes its snapshot there) and stops the instance.
+// writes its snapshot there) and stops the instance. It leaves addresses and
+// rules in place; see Shutdown.
 func (d *Daemon) Stop() {
-	d.owner.Close()
+	if d.owner != nil {
+		d.owner.Close()
+	}
 	if d.inst != nil {
 		for _, err := range d.inst.ShutdownCallbacks() {
 			d.log.Warn("shutdown callback", "err", err)
 		}
 		d.inst.Stop()
+		d.inst = nil
+	}
+}
+
+// Shutdown is the stop sequence: drain, snapshot, stop, then the network
+// teardown policy. When systemd passed the sockets, it keeps them queueing
+// queries for the next process and leaves addresses and rules in place (the
+// socket unit's ExecStopPost removes them when the socket unit stops);
+// otherwise nothing will answer on the listener addresses any more, so they
+// and the rules go.
+func (d *Daemon) Shutdown() {
+	d.Stop()
+	if d.manage && !d.inherited {
+		d.teardownNetwork()
 	}
 }
 
 // Run starts localdns and serves until ctx ends or SIGTERM/SIGINT arrives;
-// SIGHUP reloads.
+// SIGHUP reloads. In Preferred mode a failed start tears down and returns
+// nil, so the node keeps its central DNS; in Required mode it returns the
+// error (see ExitCode). Disabled tears down and returns nil.
 func Run(ctx context.Context, opts Options) error {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	log := opts.Logger
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+
 	d, err := Start(ctx, opts)
+	if errors.Is(err, ErrDisabled) {
+		log.Info("mode is Disabled: removing anything localdns installed and exiting")
+		if p, lerr := opts.Load(); lerr == nil && p.Profile != nil {
+			if terr := netsetup.Teardown(NetworkConfig(p.Profile, nil)); terr != nil {
+				log.Error("teardown", "err", terr)
+			}
+		}
+		return nil
+	}
 	if err != nil {
+		if preferred(opts) {
+			log.Error("localdns could not start; mode Preferred: leaving the node on its central DNS", "err", err, "exitCodeInRequiredMode", ExitCode(err))
+			sdnotify.Status("not started (Preferred mode fallback): " + err.Error())
+			return nil
+		}
 		return err
 	}
+	if err := sdnotify.Ready(d.Summary()); err != nil {
+		log.Warn("sd_notify READY", "err", err)
+	}
+
+	bg, cancelBG := context.WithCancel(ctx)
+	defer cancelBG()
+	go func() {
+		if err := sdnotify.RunWatchdog(bg, sdnotify.ListenerProbe(d.Listeners()...), sdnotify.WithObserver(func(r sdnotify.Result) {
+			if r.ProbeErr != nil {
+				log.Warn("watchdog probe failed: withholding WATCHDOG=1", "err", r.ProbeErr)
+			}
+		})); err != nil {
+			log.Error("watchdog", "err", err)
+		}
+	}()
+	if d.manage {
+		go d.reconcileLoop(bg, d.source.Profile.Network.ReconcileInterval)
+	}
+
 	for {
 		select {
 		case <-ctx.Done():
-			d.log.Info("stopping", "reason", ctx.Err())
-			d.Stop()
-			return nil
+			log.Info("stopping", "reason", context.Cause(ctx))
+			return d.stopping(cancelBG)
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
+				sdnotify.Reloading()
 				if err := d.Reload(); err != nil {
-					d.log.Error(strings.ReplaceAll(err.Error(), "\n", " | "))
+					log.Error(strings.ReplaceAll(err.Error(), "\n", " | "))
 				}
+				sdnotify.Ready(d.Summary())
 				continue
 			}
-			d.log.Info("stopping", "signal", s.String())
-			d.Stop()
-			return nil
+			log.Info("stopping", "signal", s.String())
+			return d.stopping(cancelBG)
 		}
 	}
+}
+
+func (d *Daemon) stopping(cancelBG context.CancelFunc) error {
+	cancelBG()
+	sdnotify.Stopping("draining and writing the cache snapshot")
+	d.Shutdown()
+	return nil
+}
+
+// preferred reports whether the profile asks for Preferred mode (a profile
+// that failed to load counts as Required: there is nothing to prefer).
+func preferred(opts Options) bool {
+	if opts.CorefilePath != "" {
+		return false
+	}
+	path := opts.ConfigPath
+	if path == "" {
+		if !fileExists(NodeProfilePath) {
+			return false // the laptop profile: report errors plainly
+		}
+		path = NodeProfilePath
+	}
+	p, err := config.Load(path)
+	return err == nil && p.Mode == config.ModePreferred
 }

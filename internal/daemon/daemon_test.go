@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -121,3 +122,26 @@ func TestFrontendServesAndReloadsWithoutLoss(t *testing.T) {
 }
 
 func owned(d *Daemon) int { return len(d.owner.Addresses()) }
+
+func TestSocketBoundReadsProcNet(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort(pc.LocalAddr().String())
+	if got, err := socketBound(ap); err != nil || got != "udp" {
+		t.Fatalf("bound udp socket: got %q, %v", got, err)
+	}
+	pc.Close()
+	if got, err := socketBound(ap); err != nil || got != "" {
+		t.Fatalf("closed socket: got %q, %v", got, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if got, _ := socketBound(netip.MustParseAddrPort(ln.Addr().String())); got != "tcp" {
+		t.Fatalf("listening tcp socket: got %q", got)
+	}
+}

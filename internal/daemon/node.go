@@ -1,0 +1,105 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/localdns/localdns/internal/activation"
+	"github.com/localdns/localdns/internal/config"
+	"github.com/localdns/localdns/internal/netsetup"
+)
+
+// NetworkConfig is what netsetup installs for a profile.
+func NetworkConfig(p *config.Profile, m *netsetup.Metrics) netsetup.Config {
+	return netsetup.Config{
+		LinkName:     p.Network.LinkName,
+		Addrs:        []netip.Addr{p.NodeListener, p.ClusterListener},
+		Port:         p.Port,
+		Table:        "localdns",
+		ReplyNotrack: p.Network.ReplyNotrack,
+		StateDir:     p.Network.StateDir,
+		Metrics:      m,
+	}
+}
+
+// tolerantRegisterer registers on DefaultRegisterer and ignores a second
+// registration of the same metrics (several daemons in one test process).
+type tolerantRegisterer struct{ prometheus.Registerer }
+
+func (r tolerantRegisterer) Register(c prometheus.Collector) error {
+	err := r.Registerer.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		return nil
+	}
+	return err
+}
+
+func (r tolerantRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// inheritedSource serves sockets systemd passed (matched by address and
+// type) and binds the rest.
+func inheritedSource(set activation.Set, log *slog.Logger) SocketSource {
+	return func(addr string) (*net.UDPConn, *net.TCPListener, error) {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("listener address %q: %w", addr, err)
+		}
+		udp, tcp, ok := set.Take(ap)
+		if !ok {
+			return BindSockets(addr)
+		}
+		log.Info("serving sockets passed by systemd", "addr", addr, "udp", udp != nil, "tcp", tcp != nil)
+		if udp == nil {
+			p2, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				return nil, nil, fmt.Errorf("bind udp %s (not passed by systemd): %w", addr, err)
+			}
+			udp = p2.(*net.UDPConn)
+		}
+		if tcp == nil {
+			l2, err := net.Listen("tcp", addr)
+			if err != nil {
+				udp.Close()
+				return nil, nil, fmt.Errorf("bind tcp %s (not passed by systemd): %w", addr, err)
+			}
+			tcp = l2.(*net.TCPListener)
+		}
+		return udp, tcp, nil
+	}
+}
+
+// reconcileLoop re-checks addresses and rules every interval and puts back
+// what is missing, until ctx ends.
+func (d *Daemon) reconcileLoop(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rep, err := netsetup.Reconcile(ctx, d.net)
+		if err != nil {
+			d.log.Error("reconcile failed", "err", err)
+			continue
+		}
+		if rep.Total() > 0 {
+			d.log.Warn("reconcile repaired the node setup", "repairs", rep.String())
+		}
+	}
+}

@@ -1,0 +1,118 @@
+package daemon
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/localdns/localdns/internal/config"
+	"github.com/localdns/localdns/internal/netsetup"
+)
+
+// TeardownResult says what Teardown did.
+type TeardownResult struct {
+	Kept bool   // addresses and rules left in place
+	Why  string // why they were kept
+}
+
+// Teardown removes every link, address and rule localdns installed for p.
+// It is idempotent and safe after a SIGKILL (netsetup keeps a state file).
+//
+// With keepIfHeld, it leaves everything in place while a socket is still
+// bound to a listener address: that is systemd's socket unit holding the
+// sockets across a restart of the service, and the kernel must keep
+// delivering (and queueing) queries to those addresses for the next process.
+// The service's ExecStopPost uses keepIfHeld; the socket unit's ExecStopPost
+// does not, so stopping both removes everything.
+func Teardown(p *config.Profile, keepIfHeld bool) (TeardownResult, error) {
+	if keepIfHeld {
+		for _, a := range []netip.Addr{p.NodeListener, p.ClusterListener} {
+			held, err := socketBound(netip.AddrPortFrom(a, p.Port))
+			if err != nil {
+				return TeardownResult{}, fmt.Errorf("check for sockets held on the listeners: %w", err)
+			}
+			if held != "" {
+				return TeardownResult{Kept: true, Why: fmt.Sprintf("a %s socket is still bound to %s (systemd's socket unit): the next localdns takes over", held, netip.AddrPortFrom(a, p.Port))}, nil
+			}
+		}
+	}
+	if err := netsetup.Teardown(NetworkConfig(p, nil)); err != nil {
+		return TeardownResult{}, err
+	}
+	return TeardownResult{}, nil
+}
+
+// socketBound reports "udp" or "tcp" when a socket in this network namespace
+// is bound to ap (a listening one for TCP), from /proc/net.
+func socketBound(ap netip.AddrPort) (string, error) {
+	files := map[string][]string{"udp": {"/proc/net/udp", "/proc/net/udp6"}, "tcp": {"/proc/net/tcp", "/proc/net/tcp6"}}
+	for _, proto := range []string{"udp", "tcp"} {
+		for _, f := range files[proto] {
+			found, err := procNetHas(f, ap, proto == "tcp")
+			if err != nil {
+				return "", err
+			}
+			if found {
+				return proto, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+func procNetHas(path string, ap netip.AddrPort, listenOnly bool) (bool, error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Scan() // header
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 4 {
+			continue
+		}
+		if listenOnly && fields[3] != "0A" {
+			continue
+		}
+		local, err := parseProcAddr(fields[1])
+		if err != nil {
+			continue
+		}
+		if local.Port() == ap.Port() && local.Addr().Unmap() == ap.Addr().Unmap() {
+			return true, nil
+		}
+	}
+	return false, sc.Err()
+}
+
+// parseProcAddr parses /proc/net's "0A0AFEA9:0035" (IPv4 as a little-endian
+// 32-bit word, IPv6 as four of them) into an address and port.
+func parseProcAddr(s string) (netip.AddrPort, error) {
+	host, port, ok := strings.Cut(s, ":")
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("bad address %q", s)
+	}
+	raw, err := hex.DecodeString(host)
+	if err != nil || (len(raw) != 4 && len(raw) != 16) {
+		return netip.AddrPort{}, fmt.Errorf("bad address %q", s)
+	}
+	for i := 0; i < len(raw); i += 4 {
+		binary.BigEndian.PutUint32(raw[i:], binary.LittleEndian.Uint32(raw[i:]))
+	}
+	pn, err := strconv.ParseUint(port, 16, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("bad port %q", s)
+	}
+	a, _ := netip.AddrFromSlice(raw)
+	return netip.AddrPortFrom(a, uint16(pn)), nil
+}
