@@ -106,6 +106,13 @@ func ensureAddresses(cfg Config) (Result, string, error) {
 // ensureLink finds or creates the link that carries the addresses and records
 // it in st.
 func ensureLink(h *netlink.Handle, cfg Config, st *state, res *Result) (netlink.Link, error) {
+	if st.CreatedLink && st.Link != "" && st.Link != loopback && st.Link != cfg.LinkName {
+		// The link was renamed in the configuration: the old one goes.
+		if err := deleteDummy(h, st.Link); err != nil {
+			return nil, err
+		}
+		st.Link, st.CreatedLink, st.Owned = "", false, nil
+	}
 	if !(st.Fallback && st.Link == loopback) {
 		l, err := h.LinkByName(cfg.LinkName)
 		var notFound netlink.LinkNotFoundError
