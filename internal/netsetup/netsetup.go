@@ -24,13 +24,14 @@
 //
 // Ownership and crashes: EnsureAddresses records in a small JSON file under
 // Config.StateDir which link got the addresses, whether we created it and which
-// addresses on "lo" we added (as opposed to found there). Teardown reads it, so
+// addresses on "lo" we added (as opposed to found there); IPv4 addresses we add
+// to "lo" also carry the label "lo:<LinkName>". Teardown reads the file, so
 // that after a SIGKILL `localdns teardown` removes exactly what we installed.
-// Without the file (state dir wiped, or never written) Teardown falls back to
-// removing the configured addresses from "lo" and the dummy link named
-// Config.LinkName; an address on "lo" that someone else configured and that
-// equals one of ours is then removed too: that is the one edge the state file
-// exists to avoid.
+// Without the file (state dir wiped, or never written) Teardown removes the
+// dummy link named Config.LinkName, the IPv4 addresses on "lo" that carry our
+// label and the configured IPv6 addresses on "lo": an IPv6 address there that
+// someone else configured and that equals one of ours is then removed too
+// (IPv6 addresses have no labels). That is the one edge the state file avoids.
 //
 // The daemon's order (see DESIGN.md): EnsureAddresses before the DNS servers
 // bind, EnsureRules only after every listener answered a self-probe (a bypass in
