@@ -233,6 +233,9 @@ func (d *decoder) profile(p *Profile, root any) {
 				"reconcileinterval": func(path string, v any) {
 					p.Network.ReconcileInterval = d.duration(path, v, p.Network.ReconcileInterval)
 				},
+				"replynotrack": func(path string, v any) { p.Network.ReplyNotrack = d.bool(path, v, p.Network.ReplyNotrack) },
+				"linkname":     func(path string, v any) { p.Network.LinkName = d.linkName(path, v, p.Network.LinkName) },
+				"statedir":     func(path string, v any) { p.Network.StateDir = d.absPath(path, v, p.Network.StateDir) },
 			})
 		},
 		"metrics": func(path string, v any) { p.Metrics = d.hostPort(path, v, p.Metrics) },
