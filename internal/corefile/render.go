@@ -22,8 +22,10 @@ import (
 // self-probe and `localdns status` query it. It never leaves the node.
 const ProbeZone = "health-check.localdns.local"
 
-// ReverseZones always go to cluster CoreDNS: it answers PTR for pod and
-// service addresses and forwards the rest.
+// ReverseZones are added to every listener and go to cluster CoreDNS: it
+// answers PTR for pod and service addresses and forwards the rest. A reverse
+// zone the profile lists itself (say a corporate 168.192.in-addr.arpa to
+// VnetDNS) goes where the profile says.
 var ReverseZones = []string{"in-addr.arpa.", "ip6.arpa."}
 
 // Listener names the two listeners in comments and nsid values.
@@ -122,7 +124,7 @@ func isClusterZone(p *config.Profile, zone string) bool {
 
 // settingsFor returns the override for zone; zones the renderer adds (the
 // cluster domain, reverse zones) take the cluster domain's settings, or the
-// defaults.
+// defaults; either forwards to ClusterCoreDNS (validation sees to the first).
 func settingsFor(p *config.Profile, overrides map[string]config.Override, zone string) config.Override {
 	if o, ok := overrides[zone]; ok {
 		return o
@@ -137,7 +139,8 @@ func writeBlock(b *strings.Builder, p *config.Profile, ups config.Upstreams, l l
 	o := settingsFor(p, l.overrode, zone)
 	dest := o.ForwardDestination
 	switch {
-	case isClusterZone(p, zone):
+	case config.IsSubdomain(zone, clusterZone(p)):
+		// Validation already forbids anything else; never render it.
 		dest = config.DestinationClusterCoreDNS
 	case l.vnet && zone == ".":
 		dest = config.DestinationVnetDNS
@@ -166,12 +169,20 @@ func writeBlock(b *strings.Builder, p *config.Profile, ups config.Upstreams, l l
 	b.WriteString("}\n")
 }
 
+// writeCache writes the block's cache. A stale window of 0 s serves nothing
+// stale, so it is written as serve_stale off (nodecache refuses a window of
+// 0). cacheDurationInSeconds 0 caches nothing: nodecache caps every TTL at
+// 0; the stock cache refuses a TTL of 0, so the block has no cache.
 func writeCache(b *strings.Builder, p *config.Profile, o config.Override) {
+	stale := o.ServeStale != config.ServeStaleDisable && o.ServeStaleDurationInSeconds > 0
 	if p.Cache.Engine == config.CacheEngineCoreDNS {
+		if o.CacheDurationInSeconds == 0 {
+			return
+		}
 		fmt.Fprintf(b, "    cache %d {\n", o.CacheDurationInSeconds)
 		b.WriteString("        success 9984\n")
 		b.WriteString("        denial 9984\n")
-		if o.ServeStale != config.ServeStaleDisable {
+		if stale {
 			fmt.Fprintf(b, "        serve_stale %ds %s\n", o.ServeStaleDurationInSeconds, strings.ToLower(string(o.ServeStale)))
 		}
 		b.WriteString("        servfail 0\n")
@@ -181,7 +192,7 @@ func writeCache(b *strings.Builder, p *config.Profile, o config.Override) {
 	b.WriteString("    nodecache {\n")
 	fmt.Fprintf(b, "        max_ttl %d\n", o.CacheDurationInSeconds)
 	fmt.Fprintf(b, "        denial_ttl %d\n", o.CacheDurationInSeconds)
-	if o.ServeStale == config.ServeStaleDisable {
+	if !stale {
 		b.WriteString("        serve_stale off\n")
 	} else {
 		fmt.Fprintf(b, "        serve_stale %s %d\n", strings.ToLower(string(o.ServeStale)), o.ServeStaleDurationInSeconds)
@@ -213,9 +224,9 @@ func writeUpstream(b *strings.Builder, p *config.Profile, ups config.Upstreams, 
 		b.WriteString("        protocol prefer_udp\n")
 	}
 	fmt.Fprintf(b, "        policy %s\n", policyName(o.ForwardPolicy))
-	if o.MaxConcurrent > 0 {
-		fmt.Fprintf(b, "        max_concurrent %d\n", o.MaxConcurrent)
-	}
+	// Always written: 0 means no limit, as in forward, and leaving it out
+	// would give upstream's default of 1000.
+	fmt.Fprintf(b, "        max_concurrent %d\n", o.MaxConcurrent)
 	b.WriteString("    }\n")
 }
 
