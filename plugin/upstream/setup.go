@@ -21,9 +21,20 @@ const (
 	defaultMaxConcurrent = 1000
 	defaultHCInterval    = 500 * time.Millisecond
 	defaultMaxFails      = 2
-	// tcpMaxAge recycles TCP connections with spread on, so that a
-	// force_tcp block does not stay on one backend behind a DNAT.
-	tcpMaxAge = 1 * time.Second
+	// defaultTCPSpread is the default lifetime of an upstream TCP
+	// connection. A connection per query would leave a TIME_WAIT socket per
+	// query and can run out of source ports to one service IP.
+	defaultTCPSpread = 1 * time.Second
+)
+
+// Spread settings besides a socket lifetime.
+const (
+	// spreadOff reuses sockets as forward does: one flow, one backend.
+	spreadOff time.Duration = -1
+	// spreadQuery sends every query on a fresh socket (connection).
+	spreadQuery time.Duration = 0
+	// spreadUnset: query over UDP, defaultTCPSpread with force_tcp.
+	spreadUnset time.Duration = -2
 )
 
 // defaultNeverFailover are the zones only cluster CoreDNS answers for.
@@ -42,7 +53,7 @@ type config struct {
 	hcNoRec          bool
 	hcDomain         string
 	maxFails         uint32
-	spread           bool
+	spread           time.Duration // socket lifetime; spreadQuery, spreadOff or a duration
 	neverFailoverSet bool
 }
 
@@ -109,15 +120,17 @@ func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol polic
 				maxfails: cfg.maxFails,
 			}),
 		}
-		if cfg.spread {
-			if cfg.forceTCP {
-				m.p.SetMaxAge(tcpMaxAge)
-			} else {
-				// Every UDP query on a fresh socket: an idle socket is
-				// expired at once, and at most one waits to be closed.
-				m.p.SetExpire(0)
-				m.p.SetMaxIdleConns(1)
-			}
+		switch cfg.spread {
+		case spreadOff:
+			// forward's behaviour: reuse a socket until it idles 10s.
+		case spreadQuery:
+			// A fresh socket per query: an idle socket is expired at
+			// once, and at most one waits to be closed.
+			m.p.SetExpire(0)
+			m.p.SetMaxIdleConns(1)
+		default:
+			// Sockets are reused, but none lives longer than spread.
+			m.p.SetMaxAge(cfg.spread)
 		}
 		g.members = append(g.members, m)
 	}
@@ -157,7 +170,7 @@ func parseConfig(c *caddy.Controller) (*config, error) {
 		hcInterval:    defaultHCInterval,
 		hcDomain:      ".",
 		maxFails:      defaultMaxFails,
-		spread:        true,
+		spread:        spreadUnset,
 		policy:        sequential{},
 		neverFailover: defaultNeverFailover,
 	}
@@ -178,6 +191,12 @@ func parseConfig(c *caddy.Controller) (*config, error) {
 	}
 	if len(cfg.to) == 0 {
 		return nil, c.Err("no upstream given: 'to' is required")
+	}
+	if cfg.spread == spreadUnset {
+		cfg.spread = spreadQuery
+		if cfg.forceTCP {
+			cfg.spread = defaultTCPSpread
+		}
 	}
 	if cfg.routeName == cfg.failoverName && len(cfg.failover) > 0 {
 		return nil, c.Errf("group_names must differ: %q", cfg.routeName)
@@ -288,10 +307,21 @@ func parseDirective(c *caddy.Controller, cfg *config) error {
 		}
 		cfg.maxFails = uint32(n)
 	case "spread":
-		if len(args) != 1 || (args[0] != "on" && args[0] != "off") {
-			return c.Err("spread: want on or off")
+		if len(args) != 1 {
+			return c.ArgErr()
 		}
-		cfg.spread = args[0] == "on"
+		switch args[0] {
+		case "off":
+			cfg.spread = spreadOff
+		case "query":
+			cfg.spread = spreadQuery
+		default:
+			d, err := time.ParseDuration(args[0])
+			if err != nil || d <= 0 {
+				return c.Errf("spread: want off, query or a positive duration, got %q", args[0])
+			}
+			cfg.spread = d
+		}
 	default:
 		return c.Errf("unknown property %q", dir)
 	}

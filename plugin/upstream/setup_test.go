@@ -20,7 +20,7 @@ func TestParse(t *testing.T) {
 		max_concurrent 50
 		health_check 2s no_rec domain example.org
 		max_fails 4
-		spread off
+		spread 25ms
 	}`)
 	cfg, err := parseConfig(c)
 	if err != nil {
@@ -41,7 +41,7 @@ func TestParse(t *testing.T) {
 	if !cfg.forceTCP || cfg.policy.String() != "round_robin" || cfg.maxConcurrent != 50 {
 		t.Errorf("protocol/policy/max_concurrent: got %v %s %d", cfg.forceTCP, cfg.policy, cfg.maxConcurrent)
 	}
-	if cfg.hcInterval != 2*time.Second || !cfg.hcNoRec || cfg.hcDomain != "example.org." || cfg.maxFails != 4 || cfg.spread {
+	if cfg.hcInterval != 2*time.Second || !cfg.hcNoRec || cfg.hcDomain != "example.org." || cfg.maxFails != 4 || cfg.spread != 25*time.Millisecond {
 		t.Errorf("health_check/max_fails/spread: got %s %v %s %d %v", cfg.hcInterval, cfg.hcNoRec, cfg.hcDomain, cfg.maxFails, cfg.spread)
 	}
 }
@@ -52,9 +52,16 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.forceTCP || cfg.policy.String() != "sequential" || cfg.maxConcurrent != 1000 ||
-		cfg.hcInterval != 500*time.Millisecond || cfg.maxFails != 2 || !cfg.spread ||
+		cfg.hcInterval != 500*time.Millisecond || cfg.maxFails != 2 || cfg.spread != spreadQuery ||
 		cfg.routeName != "route" || cfg.failoverName != "failover" || len(cfg.failover) != 0 {
 		t.Errorf("defaults: got %+v", cfg)
+	}
+	cfg, err = parseConfig(caddy.NewTestController("dns", "upstream {\n to 10.0.0.10\n protocol force_tcp\n}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.spread != time.Second {
+		t.Errorf("spread default with force_tcp: got %s, want 1s", cfg.spread)
 	}
 	if !slices.Equal(cfg.neverFailover, defaultNeverFailover) {
 		t.Errorf("never_failover default: got %v", cfg.neverFailover)
@@ -74,7 +81,8 @@ func TestParseErrors(t *testing.T) {
 		{"upstream {\n to 10.0.0.10\n max_concurrent -1\n}", "max_concurrent"},
 		{"upstream {\n to 10.0.0.10\n health_check 0s\n}", "positive duration"},
 		{"upstream {\n to 10.0.0.10\n health_check 1s domain\n}", "domain needs a name"},
-		{"upstream {\n to 10.0.0.10\n spread maybe\n}", "on or off"},
+		{"upstream {\n to 10.0.0.10\n spread maybe\n}", "off, query or a positive duration"},
+		{"upstream {\n to 10.0.0.10\n spread 0s\n}", "off, query or a positive duration"},
 		{"upstream {\n to 10.0.0.10\n failover 10.0.0.11\n group_names x x\n}", "must differ"},
 		{"upstream {\n to 10.0.0.10\n bogus\n}", "unknown property"},
 		{"upstream {\n to 10.0.0.10\n}\nupstream {\n to 10.0.0.11\n}", "only one upstream"},
