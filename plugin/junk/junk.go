@@ -153,9 +153,9 @@ func (j *Junk) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (
 	m.Ns = []dns.RR{j.soa(rule.Zone)}
 	state := request.Request{W: w, Req: r}
 	state.SizeAndDo(m)
-	w.WriteMsg(m)
-
+	// Count first: once the client has the answer, the counter shows it.
 	answersCount.WithLabelValues(metrics.WithServer(ctx), rule.metric).Inc()
+	w.WriteMsg(m)
 	return dns.RcodeNameError, nil
 }
 
