@@ -196,12 +196,14 @@ func TestUnitsMatchProfileDefaults(t *testing.T) {
 	}
 
 	// The teardown that removes addresses runs when the sockets go, never on
-	// a service restart (the socket keeps queueing queries for the address).
-	if len(svc["Service"]["ExecStopPost"]) != 0 {
-		t.Error("localdns.service has ExecStopPost: it would run on every restart and remove the listener addresses")
+	// a service restart (the socket keeps queueing queries for the address):
+	// the service's ExecStopPost, which runs on every restart, must keep
+	// everything while the sockets are held; the socket's removes it.
+	if got := svc.one(t, "Service", "ExecStopPost"); !strings.Contains(got, " teardown ") || !strings.Contains(got, " --keep-if-held ") {
+		t.Errorf("localdns.service ExecStopPost=%s, want teardown --keep-if-held", got)
 	}
-	if got := sock.one(t, "Socket", "ExecStopPost"); !strings.Contains(got, " teardown ") {
-		t.Errorf("localdns.socket ExecStopPost=%s, want the teardown", got)
+	if got := sock.one(t, "Socket", "ExecStopPost"); !strings.Contains(got, " teardown ") || strings.Contains(got, "--keep-if-held") {
+		t.Errorf("localdns.socket ExecStopPost=%s, want an unconditional teardown", got)
 	}
 }
 
@@ -226,5 +228,60 @@ func TestSysusers(t *testing.T) {
 	user := parse(t, "localdns.service").one(t, "Service", "User")
 	if !strings.Contains(string(out), "Creating user '"+user+"'") {
 		t.Errorf("sysusers does not create user %q:\n%s", user, out)
+	}
+}
+
+// TestCommandLines builds cmd/localdns and checks that every localdns command
+// line in the units names a subcommand that exists and only flags it
+// declares, so renaming a flag cannot silently break ExecStart or a teardown.
+func TestCommandLines(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds cmd/localdns; skipped with -short")
+	}
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not in PATH")
+	}
+	bin := filepath.Join(t.TempDir(), "localdns")
+	if out, err := exec.Command(gobin, "build", "-o", bin, "../cmd/localdns").CombinedOutput(); err != nil {
+		t.Fatalf("go build ../cmd/localdns: %v\n%s", err, out)
+	}
+	var lines []string
+	for _, name := range []string{"localdns.service", "localdns.socket"} {
+		for _, section := range parse(t, name) {
+			for key, vals := range section {
+				if !strings.HasPrefix(key, "Exec") {
+					continue
+				}
+				for _, v := range vals {
+					if strings.HasPrefix(v, "/usr/local/bin/localdns ") {
+						lines = append(lines, name+" "+key+": "+v)
+					}
+				}
+			}
+		}
+	}
+	if len(lines) < 3 {
+		t.Fatalf("found %d localdns command lines, want ExecStart and two ExecStopPost: %q", len(lines), lines)
+	}
+	for _, line := range lines {
+		_, cmdline, _ := strings.Cut(line, ": ")
+		args := strings.Fields(cmdline)[1:]
+		out, err := exec.Command(bin, args[0], "--help").CombinedOutput()
+		if err != nil {
+			t.Errorf("%s: `localdns %s --help`: %v\n%s", line, args[0], err, out)
+			continue
+		}
+		help := string(out)
+		for _, a := range args[1:] {
+			if !strings.HasPrefix(a, "-") {
+				continue
+			}
+			flag := "-" + strings.TrimLeft(a, "-")
+			if !strings.Contains(help, "  "+flag+" ") && !strings.Contains(help, "  "+flag+"\n") {
+				t.Errorf("%s: flag %s is not a flag of `localdns %s`:\n%s", line, a, args[0], help)
+			}
+		}
+		t.Logf("ok: %s", line)
 	}
 }
