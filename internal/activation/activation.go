@@ -40,9 +40,10 @@
 //
 // Restarts: while socket-activated, the listener addresses must stay on
 // their link when the process stops, or queued queries cannot arrive. So the
-// daemon leaves the network setup in place on a socket-activated stop, and
-// localdns.socket's ExecStopPost tears it down when the sockets themselves go
-// (see systemd/README.md).
+// daemon leaves the network setup in place on a socket-activated stop, the
+// service's ExecStopPost (`teardown --keep-if-held`) keeps it while the
+// sockets are held, and localdns.socket's ExecStopPost tears it down when the
+// sockets themselves go (see systemd/README.md).
 package activation
 
 import (
