@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -441,4 +442,68 @@ func tcpOnly(t *testing.T, u *testdns.Upstream) string {
 	<-started
 	t.Cleanup(func() { s.Shutdown() })
 	return ln.Addr().String()
+}
+
+func TestRenderNeedsUpstreams(t *testing.T) {
+	p := config.Default()
+	one := []config.Upstream{netip.MustParseAddrPort("127.0.0.10:53")}
+	if _, err := corefile.Render(p, config.Upstreams{VNet: one}); err == nil || !strings.Contains(err.Error(), "no cluster DNS upstream") {
+		t.Errorf("no cluster upstream: %v", err)
+	}
+	if _, err := corefile.Render(p, config.Upstreams{Cluster: one}); err == nil || !strings.Contains(err.Error(), "no VNet DNS upstream") {
+		t.Errorf("no VNet upstream: %v", err)
+	}
+}
+
+// TestRenderDiscoveredSource checks that a Corefile built from discovered
+// VNet servers says where they came from (read from a file the test writes).
+func TestRenderDiscoveredSource(t *testing.T) {
+	rc := filepath.Join(t.TempDir(), "resolv.conf")
+	if err := os.WriteFile(rc, []byte("nameserver 169.254.10.10\nnameserver 127.0.0.53\nnameserver 127.0.0.20\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := config.Parse([]byte(fmt.Sprintf("clusterDNS: [127.0.0.10]\nvnetDNS: auto\nresolvConf: [%s]\n", rc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, err := p.ResolveUpstreams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, err := corefile.Render(p, ups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text, "# VNet DNS servers discovered from "+rc+".\n") {
+		t.Errorf("no source comment:\n%s", text)
+	}
+	if strings.Contains(text, "169.254.10.10:53") || strings.Contains(text, "127.0.0.53") || !strings.Contains(text, "to 127.0.0.20:53\n") {
+		t.Errorf("upstreams not the discovered, filtered ones:\n%s", text)
+	}
+	validate(t, "discovered", text)
+}
+
+// TestRenderIPv6 renders an IPv6-only profile and has CoreDNS parse it:
+// brackets where a port follows, none in bind.
+func TestRenderIPv6(t *testing.T) {
+	p, err := config.Parse([]byte(`
+listeners: {node: "fd00:10::10", cluster: "fd00:10::11"}
+clusterDNS: ["fd00::10"]
+vnetDNS: ["[fd00::20]:5353"]
+metrics: "[::1]:9253"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, _ := p.ResolveUpstreams()
+	text, err := corefile.Render(p, ups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"bind fd00:10::10 fd00:10::11\n", "bind fd00:10::11\n", "ready [fd00:10::10]:8181\n", "prometheus [::1]:9253\n", "to [fd00::10]:53\n", "to [fd00::20]:5353\n"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("IPv6 Corefile lacks %q", want)
+		}
+	}
+	validate(t, "ipv6", text)
 }
