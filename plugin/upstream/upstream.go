@@ -31,11 +31,12 @@
 //     busy upstream costs no extra probes).
 //   - Spread. A kube-proxy service IP is a DNAT chosen per conntrack flow; a
 //     reused UDP socket is one flow and pins all of a node's queries to one
-//     CoreDNS pod. With spread on (the default) every UDP query goes out on a
-//     fresh socket (fresh random source port, new conntrack entry, fresh DNAT
-//     choice); TCP connections are recycled after one second. This is done
-//     with the proxy transport's own knobs (expire 0, one idle connection;
-//     max age for TCP), not a transport of our own.
+//     CoreDNS pod. By default every UDP query goes out on a fresh socket
+//     (fresh random source port, new conntrack entry, fresh DNAT choice), and
+//     TCP connections live at most one second; "spread DURATION" caps socket
+//     lifetime instead (fewer sockets and conntrack entries, spread over
+//     time). This is done with the proxy transport's own knobs (idle expiry
+//     0 and one idle socket; connection max age), not a transport of our own.
 //
 // Metrics are package-level collectors on the default Prometheus registry,
 // which CoreDNS's prometheus plugin serves; this is the CoreDNS convention and
