@@ -23,12 +23,18 @@ type healthKey struct {
 	maxfails    uint32
 }
 
-// health is the state of one upstream as seen by its health checks. The
-// proxy carries CoreDNS's health checker and fails counter; it is never
-// used for queries (each block has its own proxy for those).
+// health is the state of one upstream as seen by its health checks and by
+// real queries. The proxy carries CoreDNS's health checker; it is never used
+// for queries (each block has its own proxy for those).
 type health struct {
 	key healthKey
 	p   *proxy.Proxy
+
+	// fails counts failed checks in a row. Unlike the proxy's own counter,
+	// a real query that gets an answer resets it too: behind a service IP
+	// with one dead pod of two, half the probes fail, and three failures in
+	// a row must not mark the service down while queries get answers.
+	fails atomic.Uint32
 
 	// lastOK is the time (unix nanoseconds) of the last real query that got
 	// an answer; a recent one makes a probe unnecessary.
@@ -39,11 +45,19 @@ type health struct {
 	healthy atomic.Bool
 }
 
-// down reports whether the upstream failed more than maxfails checks in a row.
-func (h *health) down() bool { return h.p.Down(h.key.maxfails) }
+// down reports whether the upstream failed more than maxfails checks in a
+// row, with no answered query in between; never with maxfails 0.
+func (h *health) down() bool {
+	return h.key.maxfails > 0 && h.fails.Load() > h.key.maxfails
+}
 
 // answered records that a real query got an answer.
-func (h *health) answered() { h.lastOK.Store(time.Now().UnixNano()) }
+func (h *health) answered() {
+	h.lastOK.Store(time.Now().UnixNano())
+	if h.fails.Load() != 0 {
+		h.fails.Store(0)
+	}
+}
 
 // checkSoon asks the health loop for an immediate check.
 func (h *health) checkSoon() {
@@ -67,7 +81,7 @@ func (h *health) loop(ctx context.Context) {
 		case <-t.C:
 		case <-h.kick:
 		}
-		if h.p.Fails() == 0 && time.Since(time.Unix(0, h.lastOK.Load())) < h.key.interval {
+		if h.fails.Load() == 0 && time.Since(time.Unix(0, h.lastOK.Load())) < h.key.interval {
 			h.publish()
 			continue
 		}
@@ -78,8 +92,10 @@ func (h *health) loop(ctx context.Context) {
 // check runs one health check (proxy's ". IN NS" probe) and publishes the
 // resulting state.
 func (h *health) check() {
-	if hc := h.p.GetHealthchecker(); hc != nil {
-		hc.Check(h.p) // the outcome is kept in the proxy's fails counter
+	if err := h.p.GetHealthchecker().Check(h.p); err != nil {
+		h.fails.Add(1)
+	} else {
+		h.fails.Store(0)
 	}
 	h.publish()
 }
@@ -96,7 +112,7 @@ func (h *health) publish() {
 		if up {
 			log.Infof("Upstream %s (%s) is healthy again", h.key.addr, h.key.group)
 		} else {
-			log.Warningf("Upstream %s (%s) is down after %d failed health checks", h.key.addr, h.key.group, h.p.Fails())
+			log.Warningf("Upstream %s (%s) is down after %d failed health checks", h.key.addr, h.key.group, h.fails.Load())
 		}
 	}
 }

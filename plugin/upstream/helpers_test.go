@@ -32,6 +32,7 @@ type fakeUpstream struct {
 	nxZones []string
 
 	silent   atomic.Bool
+	badProbe atomic.Bool // answer health probes with garbage
 	truncate atomic.Bool                   // answer UDP queries with TC set and no answer
 	hold     atomic.Pointer[chan struct{}] // when set, queries wait for it to close
 
@@ -88,6 +89,10 @@ func (f *fakeUpstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 	q := r.Question[0]
 	isHC := q.Name == "." && q.Qtype == dns.TypeNS
+	if isHC && f.badProbe.Load() {
+		w.Write([]byte{0, 1, 2})
+		return
+	}
 	_, isUDP := w.RemoteAddr().(*net.UDPAddr)
 	if !isHC {
 		f.inflight.Add(1)

@@ -185,6 +185,26 @@ func TestHealthFastFailAndRecovery(t *testing.T) {
 	}
 }
 
+// TestAnsweredQueriesKeepUpstreamUp: behind a service IP with one dead pod,
+// probes fail now and then while queries get answers; the upstream must stay
+// up while it answers, and go down when only the failing probes are left.
+func TestAnsweredQueriesKeepUpstreamUp(t *testing.T) {
+	a := startFake(t, "192.0.2.1")
+	a.badProbe.Store(true)
+	srv := startLocaldns(t, upstreamBlock("to "+a.addr, "group_names cluster", "health_check 0.05s"))
+	end := time.Now().Add(time.Second)
+	for i := 0; time.Now().Before(end); i++ {
+		if r, _ := ask(t, srv, "udp", fmt.Sprintf("q%d.example.com", i), dns.TypeA); answerOf(r) != "192.0.2.1" {
+			t.Fatalf("query %d: got %s, want an answer", i, answerOf(r))
+		}
+		if healthyGauge(t, "cluster", a.addr) != 1 {
+			t.Fatalf("marked down after %d answered queries", i+1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	waitFor(t, 2*time.Second, "down once only failing probes are left", func() bool { return healthyGauge(t, "cluster", a.addr) == 0 })
+}
+
 // TestFailover: with the route group down, external names go to the failover
 // group; names in the cluster domain and the reverse zones never do.
 func TestFailover(t *testing.T) {
