@@ -64,6 +64,7 @@ func Parse(data []byte) (*Profile, error) {
 			return nil, Problems{{Path: "(document)", Reason: "not valid YAML or JSON: " + err.Error()}}
 		}
 	}
+	root = stringKeys(root)
 	d := &decoder{written: map[string]string{}}
 	p := Default()
 	d.profile(p, root)
@@ -75,6 +76,31 @@ func Parse(data []byte) (*Profile, error) {
 		return nil, d.problems
 	}
 	return p, nil
+}
+
+// stringKeys turns the mappings YAML decodes with non-string keys (a zone
+// written as 1 or true) into string-keyed ones, so that the key is checked
+// like any other instead of the whole mapping being refused.
+func stringKeys(v any) any {
+	switch x := v.(type) {
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[fmt.Sprint(k)] = stringKeys(e)
+		}
+		return m
+	case map[string]any:
+		for k, e := range x {
+			x[k] = stringKeys(e)
+		}
+		return x
+	case []any:
+		for i, e := range x {
+			x[i] = stringKeys(e)
+		}
+		return x
+	}
+	return v
 }
 
 type decoder struct {

@@ -261,6 +261,14 @@ kubeDNSOverrides:
 	}
 }
 
+func TestZoneKeysYAMLReadsAsScalars(t *testing.T) {
+	// YAML reads these keys as an int and a bool; they are zone names.
+	p := mustParse(t, "kubeDNSOverrides: {\".\": {}, 10: {}, true: {forwardDestination: VnetDNS}}\n")
+	if got := Zones(p.KubeDNSOverrides); !reflect.DeepEqual(got, []string{".", "10.", "true."}) {
+		t.Errorf("zones %v", got)
+	}
+}
+
 func TestClusterDNSAuto(t *testing.T) {
 	p := mustParse(t, "clusterDNS: AUTO\nvnetDNS: [192.0.2.53]\n")
 	if !p.ClusterDNSAuto || p.ClusterDNS != nil {

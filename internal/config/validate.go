@@ -103,6 +103,9 @@ func (p *Profile) validate() Problems {
 		for _, zone := range sortedZones(overrides) {
 			o := overrides[zone]
 			path := join(name, zone)
+			if IsSubdomain(zone, probeZone) {
+				add(path, zone, "is reserved: localdns answers %s itself for its probes", strings.TrimSuffix(probeZone, "."))
+			}
 			if vnet && zone == "." && o.ForwardDestination == DestinationClusterCoreDNS {
 				add(path+".forwardDestination", string(o.ForwardDestination), `the node listener's root zone "." may not forward to ClusterCoreDNS`)
 			}
@@ -121,6 +124,11 @@ func (p *Profile) validate() Problems {
 	checkOverrides("kubeDNSOverrides", p.KubeDNSOverrides, false)
 	return ps
 }
+
+// probeZone is the zone every listener answers for the self-probe and the
+// watchdog (corefile.ProbeZone; its test checks that they agree). A profile
+// zone there would make a second server block for it.
+const probeZone = "health-check.localdns.local."
 
 // IsSubdomain reports whether zone is parent or below it; both are
 // normalised (lower case, trailing dot).

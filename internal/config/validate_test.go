@@ -78,6 +78,15 @@ func TestValidation(t *testing.T) {
 			`kubeDNSOverrides: {".": Immediate}`,
 			[]problem{{`kubeDNSOverrides."."`, "must be a mapping"}}},
 
+		{"the probe zone is reserved",
+			`kubeDNSOverrides: {".": {}, Health-Check.LocalDNS.local.: {}}`,
+			[]problem{{`kubeDNSOverrides."Health-Check.LocalDNS.local."`, "is reserved: localdns answers health-check.localdns.local itself"}}},
+		{"below the probe zone is reserved",
+			`vnetDNSOverrides: {".": {}, x.health-check.localdns.local: {}}`,
+			[]problem{{`vnetDNSOverrides."x.health-check.localdns.local"`, "is reserved"}}},
+		{"the probe zone's parent is a zone like any other",
+			`vnetDNSOverrides: {".": {}, localdns.local: {}}`, nil},
+
 		// Malformed values.
 		{"bad listener IP", "listeners: {node: 169.254.10.300}",
 			[]problem{{"listeners.node", "must be an IP address"}}},
@@ -151,6 +160,7 @@ func TestValidation(t *testing.T) {
 		{"fractional number", `kubeDNSOverrides: {".": {cacheDurationInSeconds: 1.5}}`,
 			[]problem{{`kubeDNSOverrides.".".cacheDurationInSeconds`, "must be a whole number"}}},
 		{"unknown field at top level", "modee: Required", []problem{{"modee", "unknown field"}}},
+		{"unknown field YAML reads as a number", "53: true", []problem{{"53", "unknown field"}}},
 		{"unknown field in the wrapper", `{"localDNSProfile": {"mode": "Required", "enableHosts": true}}`,
 			[]problem{{"localDNSProfile.enableHosts", "unknown field"}}},
 		{"unknown field in a zone", `kubeDNSOverrides: {".": {cacheDuration: 60}}`,

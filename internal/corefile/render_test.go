@@ -507,3 +507,13 @@ metrics: "[::1]:9253"
 	}
 	validate(t, "ipv6", text)
 }
+
+// TestProbeZoneIsReserved checks that the profile refuses the zone the
+// renderer uses for probes: a second block for it would stop CoreDNS from
+// starting, after validate had said the profile was fine.
+func TestProbeZoneIsReserved(t *testing.T) {
+	_, err := config.Parse([]byte("kubeDNSOverrides: {\".\": {}, " + corefile.ProbeZone + ": {}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "is reserved") {
+		t.Fatalf("profile with the probe zone %s: %v", corefile.ProbeZone, err)
+	}
+}
