@@ -40,6 +40,7 @@ func commands() []command {
 		{"validate", "check a profile and print every problem found", validateCmd},
 		{"teardown", "remove every link, address and rule localdns installed (for ExecStopPost)", teardownCmd},
 		{"probe", "query the probe zone on every listener over UDP and TCP", probeCmd},
+		{"status", "show at a glance whether this node's DNS is healthy", statusCmd},
 		{"version", "print localdns, CoreDNS and Go versions", versionCmd},
 		{"plugins", "list the compiled-in CoreDNS plugins in chain order", pluginsCmd},
 	}
@@ -134,7 +135,7 @@ nothing on the machine: listeners on 127.0.0.1:1053 (node) and 127.0.0.2:1053
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
-	err := daemon.Run(ctx, daemon.Options{ConfigPath: *cfgPath, CorefilePath: *corePath, Logger: logger})
+	err := daemon.Run(ctx, daemon.Options{ConfigPath: *cfgPath, CorefilePath: *corePath, Logger: logger, Version: buildVersion()})
 	if err != nil {
 		code := daemon.ExitCode(err)
 		logger.Error("localdns failed", "err", err, "exitCode", code)
@@ -270,7 +271,7 @@ func versionCmd(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
-	fmt.Fprintf(stdout, "localdns %s\nCoreDNS %s\n%s %s/%s\n", buildVersion(), moduleVersion("github.com/coredns/coredns"), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(stdout, "localdns %s\nCoreDNS %s\n%s %s/%s\n", buildVersion(), daemon.ModuleVersion("github.com/coredns/coredns"), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return 0
 }
 
@@ -286,19 +287,6 @@ func buildVersion() string {
 		}
 	}
 	return version
-}
-
-// moduleVersion reads a dependency's version from the build info (importing
-// coremain for its version constant would run its flag and server setup).
-func moduleVersion(path string) string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, m := range bi.Deps {
-			if m.Path == path {
-				return strings.TrimPrefix(m.Version, "v")
-			}
-		}
-	}
-	return "unknown"
 }
 
 func pluginsCmd(args []string, stdout, stderr io.Writer) int {

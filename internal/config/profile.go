@@ -129,6 +129,8 @@ type Profile struct {
 
 	// Metrics is the Prometheus listen address (host:port).
 	Metrics string
+	// Health is where localdns serves /health, /ready and /status (ip:port).
+	Health string
 
 	Cache Cache
 
@@ -173,6 +175,7 @@ const (
 	DefaultPort              = 53
 	DefaultReadyPort         = 8181
 	DefaultMetrics           = "127.0.0.1:9253"
+	DefaultHealth            = "127.0.0.1:9254"
 	DefaultMaxMemory         = 64 << 20
 	DefaultSnapshot          = "/var/lib/localdns/cache.snapshot"
 	DefaultReconcileInterval = 30 * time.Second
@@ -243,6 +246,7 @@ func Laptop() *Profile {
 	p.ClusterDNSAuto = true
 	p.Network.Manage = false
 	p.Metrics = "127.0.0.1:19253"
+	p.Health = "127.0.0.1:19254"
 	p.Cache.Snapshot = ""
 	return p
 }

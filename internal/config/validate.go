@@ -78,6 +78,9 @@ func (p *Profile) validate() Problems {
 			}
 		}
 	}
+	if p.Health != "" && p.Health == p.Metrics {
+		add("health", p.Health, "must differ from metrics")
+	}
 	if p.Cache.Engine == CacheEngineLocalDNS && p.Cache.MaxMemory < 1<<20 {
 		add("cache.maxMemory", fmt.Sprint(p.Cache.MaxMemory), "must be at least 1Mi")
 	}

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +42,8 @@ type Options struct {
 	ConfigPath   string // --config: a profile
 	CorefilePath string // --corefile: a hand-written Corefile
 	Logger       *slog.Logger
+	// Version is localdns's version, exported as localdns_build_info.
+	Version string
 }
 
 // Source is what the daemon runs: a Corefile and, when it came from a
@@ -108,6 +111,8 @@ type Daemon struct {
 	inherited bool // some listener sockets came from systemd
 	manage    bool // we installed addresses and rules
 	net       netsetup.Config
+	started   time.Time
+	stopping  atomic.Bool
 }
 
 // ErrDisabled is returned by Start when the profile's mode is Disabled.
@@ -125,7 +130,7 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{opts: opts, log: opts.Logger, source: src}
+	d := &Daemon{opts: opts, log: opts.Logger, source: src, started: time.Now()}
 	p := src.Profile
 	if p != nil {
 		d.net = NetworkConfig(p, netsetup.NewMetrics(tolerantRegisterer{prometheus.DefaultRegisterer}))
@@ -365,8 +370,18 @@ func Run(ctx context.Context, opts Options) error {
 
 	bg, cancelBG := context.WithCancel(ctx)
 	defer cancelBG()
+	if p := d.source.Profile; p != nil && p.Health != "" {
+		if err := d.serveHealth(bg, p.Health); err != nil {
+			log.Error("health endpoint not served", "err", err)
+		}
+	}
+	registerBuildInfo(opts.Version)
+	wdMetrics, err := sdnotify.NewMetrics(tolerantRegisterer{prometheus.DefaultRegisterer})
+	if err != nil {
+		log.Warn("watchdog metrics", "err", err)
+	}
 	go func() {
-		if err := sdnotify.RunWatchdog(bg, sdnotify.ListenerProbe(d.Listeners()...), sdnotify.WithObserver(func(r sdnotify.Result) {
+		if err := sdnotify.RunWatchdog(bg, sdnotify.ListenerProbe(d.Listeners()...), sdnotify.WithMetrics(wdMetrics), sdnotify.WithObserver(func(r sdnotify.Result) {
 			if r.ProbeErr != nil {
 				log.Warn("watchdog probe failed: withholding WATCHDOG=1", "err", r.ProbeErr)
 			}
@@ -382,7 +397,7 @@ func Run(ctx context.Context, opts Options) error {
 		select {
 		case <-ctx.Done():
 			log.Info("stopping", "reason", context.Cause(ctx))
-			return d.stopping(cancelBG)
+			return d.shutdown(cancelBG)
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
 				sdnotify.Reloading()
@@ -393,12 +408,13 @@ func Run(ctx context.Context, opts Options) error {
 				continue
 			}
 			log.Info("stopping", "signal", s.String())
-			return d.stopping(cancelBG)
+			return d.shutdown(cancelBG)
 		}
 	}
 }
 
-func (d *Daemon) stopping(cancelBG context.CancelFunc) error {
+func (d *Daemon) shutdown(cancelBG context.CancelFunc) error {
+	d.stopping.Store(true)
 	cancelBG()
 	sdnotify.Stopping("draining and writing the cache snapshot")
 	d.Shutdown()

@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +52,36 @@ func (r tolerantRegisterer) MustRegister(cs ...prometheus.Collector) {
 		}
 	}
 }
+
+// registerBuildInfo exports localdns_build_info{version,coredns_version,goversion} 1.
+func registerBuildInfo(version string) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "localdns_build_info",
+		Help: "A metric with a constant '1' value labeled by the localdns, CoreDNS and Go versions.",
+		ConstLabels: prometheus.Labels{
+			"version":         version,
+			"coredns_version": moduleVersion("github.com/coredns/coredns"),
+			"goversion":       runtime.Version(),
+		},
+	})
+	g.Set(1)
+	tolerantRegisterer{prometheus.DefaultRegisterer}.MustRegister(g)
+}
+
+// moduleVersion reads a dependency's version from the build info.
+func moduleVersion(path string) string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range bi.Deps {
+			if m.Path == path {
+				return strings.TrimPrefix(m.Version, "v")
+			}
+		}
+	}
+	return "unknown"
+}
+
+// ModuleVersion is the version of a module compiled into this binary.
+func ModuleVersion(path string) string { return moduleVersion(path) }
 
 // inheritedSource serves sockets systemd passed (matched by address and
 // type) and binds the rest.
