@@ -1,0 +1,758 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/localdns/localdns/test/lab/perf"
+	"github.com/localdns/localdns/test/lab/report"
+	"github.com/localdns/localdns/test/lab/topo"
+	"github.com/localdns/localdns/test/lab/workload"
+)
+
+// variant is how long and how hard a lab run measures.
+type variant struct {
+	name        string
+	phase       time.Duration // each measured phase
+	outagePre   time.Duration
+	outage      time.Duration
+	outagePost  time.Duration
+	restartRun  time.Duration // the dnsperf run the restarts happen in
+	restartAt   []time.Duration
+	lookups     int // lookups per pod data file
+	names       int // names per class
+	qps         int // total, split over the pods
+	clients     int // dnsperf sockets per pod
+	hopBase     time.Duration
+	hopJitter   time.Duration
+	extBase     time.Duration
+	extJitter   time.Duration
+	clusterTTL  int
+	externalTTL int
+}
+
+var variants = map[string]variant{
+	"full": {
+		name: "full", phase: 30 * time.Second,
+		outagePre: 5 * time.Second, outage: 30 * time.Second, outagePost: 5 * time.Second,
+		restartRun: 30 * time.Second, restartAt: []time.Duration{8 * time.Second, 18 * time.Second},
+		lookups: 150000, names: 3000, qps: 10000, clients: 2,
+		hopBase: time.Millisecond, hopJitter: 250 * time.Microsecond,
+		extBase: 2 * time.Millisecond, extJitter: 500 * time.Microsecond,
+		clusterTTL: 30, externalTTL: 60,
+	},
+	"short": {
+		name: "short", phase: 8 * time.Second,
+		outagePre: 3 * time.Second, outage: 30 * time.Second, outagePost: 3 * time.Second,
+		restartRun: 16 * time.Second, restartAt: []time.Duration{4 * time.Second, 10 * time.Second},
+		lookups: 50000, names: 3000, qps: 10000, clients: 2,
+		hopBase: time.Millisecond, hopJitter: 250 * time.Microsecond,
+		extBase: 2 * time.Millisecond, extJitter: 500 * time.Microsecond,
+		clusterTTL: 30, externalTTL: 60,
+	},
+}
+
+// lab is one run's state.
+type lab struct {
+	v       variant
+	self    string // this binary
+	bin     string // directory with localdns and coredns-stock
+	dir     string // scratch directory
+	procs   *procs
+	localdn *proc
+	res     *report.Results
+	data    map[string][]string // data files per purpose, one per pod
+	upOnly  bool                // stop after starting everything (lab up)
+}
+
+func runCmd(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	short := fs.Bool("short", false, "the short variant (CI)")
+	out := fs.String("out", "", "directory for the report (default test/lab/results/<variant>)")
+	bin := fs.String("bin", "bin", "directory holding localdns and coredns-stock")
+	keep := fs.Bool("keep", false, "keep the scratch directory (logs, data files)")
+	up := fs.Bool("up", false, "only build the lab and start every server, then wait for SIGINT (for poking around)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	v := variants["full"]
+	if *short {
+		v = variants["short"]
+	}
+	if *out == "" {
+		*out = filepath.Join("test/lab/results", v.name)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("the lab needs root (network namespaces, nftables)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	binDir, err := filepath.Abs(*bin)
+	if err != nil {
+		return err
+	}
+	for _, tool := range []string{filepath.Join(binDir, "localdns"), filepath.Join(binDir, "coredns-stock"), "dnsperf", "nft", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("missing %s (build bin/ with `go build -o bin/localdns ./cmd/localdns` and `go build -o bin/coredns-stock ./test/bench/stockcoredns`; apt packages dnsperf nftables iproute2): %w", tool, err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "ldlab-")
+	if err != nil {
+		return err
+	}
+	if !*keep {
+		defer os.RemoveAll(dir)
+	} else {
+		logf("scratch directory %s kept", dir)
+	}
+	l := &lab{v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up}
+
+	// Leftovers of a killed run: end their processes, delete them.
+	if left, err := topo.Leftovers(); err != nil {
+		return err
+	} else if len(left) > 0 {
+		logf("removing leftover lab namespaces %v", left)
+		killNamespacePids(left)
+		if err := topo.Teardown(); err != nil {
+			return fmt.Errorf("leftover lab namespaces %v cannot be removed: %w", left, err)
+		}
+	}
+
+	// Clean up on every exit path, including SIGINT/SIGTERM.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cleanup := func() {
+		l.procs.stopAll()
+		if left, _ := topo.Leftovers(); len(left) > 0 {
+			killNamespacePids(left)
+		}
+		if err := topo.Teardown(); err != nil {
+			logf("teardown: %v", err)
+		}
+	}
+	defer cleanup()
+	errc := make(chan error, 1)
+	go func() { errc <- l.run() }()
+	if l.upOnly {
+		if err := <-errc; err != nil {
+			return err
+		}
+		logf("lab up (scratch %s); SIGINT tears it down", dir)
+		<-ctx.Done()
+		return nil
+	}
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		logf("interrupted: cleaning up")
+		cleanup()
+		return errors.New("interrupted")
+	}
+	if err != nil {
+		if l.localdn != nil {
+			logf("localdns log tail:\n%s", l.localdn.tail(2000))
+		}
+		return err
+	}
+	bars := l.res.Bars()
+	if err := report.Write(*out, l.res, bars); err != nil {
+		return err
+	}
+	logf("report written to %s", *out)
+	for _, b := range bars {
+		status := "PASS"
+		if !b.Pass {
+			status = "FAIL"
+		}
+		fmt.Printf("%s  %-45s %s (want %s)\n", status, b.Name, b.Got, b.Want)
+	}
+	if !report.Passed(bars) {
+		return exitCode(1)
+	}
+	return nil
+}
+
+func cleanCmd(args []string) error {
+	left, err := topo.Leftovers()
+	if err != nil {
+		return err
+	}
+	killNamespacePids(left)
+	return topo.Teardown()
+}
+
+func (l *lab) run() error {
+	start := time.Now()
+	v := l.v
+	l.res = &report.Results{
+		Settings: report.Settings{
+			Variant: v.name, QPS: v.qps, Pods: len(topo.Pods), ClientsPerPod: v.clients, PhaseDuration: v.phase,
+			ClusterNames: v.names, ExternalNames: v.names, ZipfS: workload.ZipfS,
+			CoreDNSDelay:   fmt.Sprintf("%v fixed + exponential jitter with mean %v, per query, request path (delay proxy in each CoreDNS pod)", v.hopBase, v.hopJitter),
+			ExternalDelay:  fmt.Sprintf("%v fixed + exponential jitter with mean %v, per query (in the external resolver)", v.extBase, v.extJitter),
+			ClusterTTL:     v.clusterTTL,
+			ExternalTTL:    v.externalTTL,
+			OutageDuration: v.outage, Restarts: len(v.restartAt),
+			LocalDNSVersion: firstLine(exec.Command(filepath.Join(l.bin, "localdns"), "version").Output()),
+			CoreDNSVersion:  firstLine(exec.Command(filepath.Join(l.bin, "coredns-stock"), "-version").Output()),
+			DNSPerfVersion:  dnsperfVersion(),
+			Machine:         fmt.Sprintf("%d CPUs, %s/%s, %s", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, kernel()),
+			Started:         start.UTC(),
+		},
+		Centralized: map[string]report.Phase{},
+		LocalDNS:    map[string]report.Phase{},
+	}
+	for _, p := range topo.CoreDNSPods {
+		l.res.Backends = append(l.res.Backends, strings.TrimPrefix(p.Netns, topo.Prefix))
+	}
+
+	logf("building the lab network")
+	if err := topo.Build(true); err != nil {
+		return err
+	}
+	if err := l.writeData(); err != nil {
+		return err
+	}
+	if err := l.startServers(); err != nil {
+		return err
+	}
+
+	if l.upOnly {
+		return l.startLocalDNS()
+	}
+
+	// Scenario A: pods ask the service address.
+	logf("scenario A (centralized): warm-up")
+	if _, err := l.dnsperfWarm(topo.ServiceIP); err != nil {
+		return err
+	}
+	for _, c := range report.Classes {
+		p, err := l.measure("centralized", c, topo.ServiceIP)
+		if err != nil {
+			return err
+		}
+		l.res.Centralized[c] = p
+	}
+
+	// Scenario B: pods ask localdns.
+	if err := l.startLocalDNS(); err != nil {
+		return err
+	}
+	logf("scenario B (localdns): warm-up")
+	before := l.counters()
+	warm, err := l.dnsperfWarm(topo.ClusterListener)
+	if err != nil {
+		return err
+	}
+	l.res.LocalDNSWarm = l.withCounters(report.FromResult("localdns", "mixed", "warm-up: every name once", warm), before, l.counters())
+	for _, c := range report.Classes {
+		p, err := l.measure("localdns", c, topo.ClusterListener)
+		if err != nil {
+			return err
+		}
+		l.res.LocalDNS[c] = p
+	}
+
+	if err := l.outage(); err != nil {
+		return err
+	}
+	if err := l.restarts(); err != nil {
+		return err
+	}
+	l.res.Settings.Took = time.Since(start).Round(time.Second)
+	return nil
+}
+
+// writeData writes the dnsperf data files: per class and pod a Zipf sample,
+// a warm-up file with every name once, and mixed samples for the fault runs.
+func (l *lab) writeData() error {
+	names := map[string][]string{
+		"cluster":  workload.Names(workload.Cluster, l.v.names, 1),
+		"external": workload.Names(workload.External, l.v.names, 2),
+	}
+	write := func(key string, pod int, queries []string) error {
+		path := filepath.Join(l.dir, fmt.Sprintf("%s-pod%d.txt", key, pod+1))
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := workload.WriteData(f, queries); err != nil {
+			f.Close()
+			return err
+		}
+		l.data[key] = append(l.data[key], path)
+		return f.Close()
+	}
+	for pod := range topo.Pods {
+		seed := int64(100 * (pod + 1))
+		for _, c := range report.Classes {
+			if err := write(c, pod, workload.Sample(names[c], l.v.lookups, seed+int64(len(c)))); err != nil {
+				return err
+			}
+		}
+		mixed := interleave(workload.Sample(names["cluster"], l.v.lookups, seed+7), workload.Sample(names["external"], l.v.lookups, seed+8))
+		if err := write("mixed", pod, mixed); err != nil {
+			return err
+		}
+	}
+	// The warm-up runs from one pod: every name of both classes once.
+	return write("warm", 0, append(workload.Every(names["cluster"]), workload.Every(names["external"])...))
+}
+
+func interleave(a, b []string) []string {
+	out := make([]string, 0, len(a)+len(b))
+	for i := 0; i < len(a) || i < len(b); i++ {
+		if i < len(a) {
+			out = append(out, a[i])
+		}
+		if i < len(b) {
+			out = append(out, b[i])
+		}
+	}
+	return out
+}
+
+// startServers starts the external resolver, the CoreDNS pods and their
+// delay proxies, and checks each answers and that the service address
+// reaches both.
+func (l *lab) startServers() error {
+	v := l.v
+	if _, err := l.procs.start("extdns", topo.AzureDNS, l.self, "extdns",
+		"-listen", topo.AzureDNSIP+":53", "-metrics", "127.0.0.1:9100",
+		"-ttl", strconv.Itoa(v.externalTTL), "-base", v.extBase.String(), "-jitter", v.extJitter.String()); err != nil {
+		return err
+	}
+	for i, p := range topo.CoreDNSPods {
+		name := l.res.Backends[i]
+		cf := filepath.Join(l.dir, "Corefile-"+name)
+		if err := os.WriteFile(cf, []byte(coreDNSCorefile(name, v.clusterTTL)), 0o644); err != nil {
+			return err
+		}
+		if _, err := l.procs.start(name, p.Netns, filepath.Join(l.bin, "coredns-stock"), "-conf", cf); err != nil {
+			return err
+		}
+		if _, err := l.procs.start(name+"-hop", p.Netns, l.self, "delayproxy",
+			"-listen", p.Addr+":53", "-to", "127.0.0.1:1053", "-base", v.hopBase.String(), "-jitter", v.hopJitter.String()); err != nil {
+			return err
+		}
+	}
+	for i, p := range topo.CoreDNSPods {
+		if err := waitFor(10*time.Second, func() error {
+			out, err := l.probe(topo.Pod1, p.Addr, "svc1.default.svc.cluster.local", 1)
+			if err != nil {
+				return err
+			}
+			if want := "NOERROR " + l.res.Backends[i]; strings.TrimSpace(out) != want {
+				return fmt.Errorf("%s answered %q, want %q", p.Addr, strings.TrimSpace(out), want)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("CoreDNS pod %s: %w", l.res.Backends[i], err)
+		}
+	}
+	if err := waitFor(10*time.Second, func() error {
+		_, err := l.probe(topo.Pod1, topo.AzureDNSIP, "api1.example.com", 1)
+		return err
+	}); err != nil {
+		return fmt.Errorf("external resolver: %w", err)
+	}
+	out, err := l.probe(topo.Pod1, topo.ServiceIP, "svc1.default.svc.cluster.local", 40)
+	if err != nil {
+		return fmt.Errorf("service address: %w", err)
+	}
+	l.res.ServiceCheck = map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(line); len(f) == 2 {
+			l.res.ServiceCheck[f[1]]++
+		}
+	}
+	for _, b := range l.res.Backends {
+		if l.res.ServiceCheck[b] == 0 {
+			return fmt.Errorf("40 fresh flows to the service address never reached %s: %v", b, l.res.ServiceCheck)
+		}
+	}
+	logf("servers up; service address spread over 40 flows: %v", l.res.ServiceCheck)
+	return nil
+}
+
+// coreDNSCorefile is a central CoreDNS pod: cluster.local answered the way
+// the kubernetes plugin answers (services, TTL as kubeadm's "ttl 30",
+// NXDOMAIN with the zone's SOA for everything else), the rest forwarded to
+// the external resolver, and "cache 30" as in the default Corefile. Its NSID
+// names the pod, so a probe can tell which backend answered.
+func coreDNSCorefile(name string, ttl int) string {
+	return fmt.Sprintf(`.:1053 {
+    bind 127.0.0.1
+    errors
+    nsid %[1]s
+    prometheus 127.0.0.1:9153
+    template IN A cluster.local {
+        match "^svc([0-9]+)\.default\.svc\.cluster\.local\.$"
+        answer "{{ .Name }} %[2]d IN A 10.96.0.{{ index .Match 1 }}"
+        fallthrough
+    }
+    template IN A cluster.local {
+        match "^svc([0-9]+)\.ns([0-9]+)\.svc\.cluster\.local\.$"
+        answer "{{ .Name }} %[2]d IN A 10.96.{{ index .Match 2 }}.{{ index .Match 1 }}"
+        fallthrough
+    }
+    template ANY ANY cluster.local {
+        rcode NXDOMAIN
+        authority "cluster.local. %[2]d IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 %[2]d"
+    }
+    forward . %[3]s:53
+    cache 30
+}
+`, name, ttl, topo.AzureDNSIP)
+}
+
+// localdnsProfile is the node profile localdns runs with in the lab: the AKS
+// defaults with the lab's service address and external resolver.
+func (l *lab) localdnsProfile() string {
+	return fmt.Sprintf(`listeners: {node: %s, cluster: %s}
+port: 53
+clusterDNS: [%s]
+vnetDNS: [%s]
+network: {manage: false}
+metrics: 127.0.0.1:9253
+cache: {maxMemory: 64Mi, snapshot: %s}
+`, topo.NodeListener, topo.ClusterListener, topo.ServiceIP, topo.AzureDNSIP, filepath.Join(l.dir, "cache.snapshot"))
+}
+
+// startLocalDNS starts localdns under the socket-activation harness, which
+// holds both listeners' sockets as localdns.socket would. If localdns does
+// not take them (socket activation not wired in), it is started without
+// the harness's sockets, and the restart scenario measures plain restarts.
+func (l *lab) startLocalDNS() error {
+	profile := filepath.Join(l.dir, "localdns.yaml")
+	if err := os.WriteFile(profile, []byte(l.localdnsProfile()), 0o644); err != nil {
+		return err
+	}
+	var listens []string
+	for _, a := range []string{topo.NodeListener, topo.ClusterListener} {
+		listens = append(listens, "-listen", "udp:"+a+":53", "-listen", "tcp:"+a+":53")
+	}
+	argv := []string{"--", filepath.Join(l.bin, "localdns"), "run", "--config", profile}
+	p, err := l.procs.start("localdns", topo.Node, append(append([]string{l.self, "sockact"}, listens...), argv...)...)
+	if err != nil {
+		return err
+	}
+	l.localdn = p
+	if err := l.waitLocalDNS(p, 20*time.Second); err == nil {
+		l.res.Settings.SocketActivation = true
+		return nil
+	} else if !p.exited() {
+		return err
+	}
+	l.res.Settings.ActivationNote = "localdns did not start on the sockets passed by socket activation (LISTEN_FDS): " + lastLine(p.tail(600))
+	logf("%s; measuring plain restarts instead", l.res.Settings.ActivationNote)
+	p, err = l.procs.start("localdns-plain", topo.Node, append([]string{l.self, "sockact"}, argv...)...)
+	if err != nil {
+		return err
+	}
+	l.localdn = p
+	return l.waitLocalDNS(p, 20*time.Second)
+}
+
+// waitLocalDNS waits until localdns answers its probe zone on the cluster
+// listener from a pod.
+func (l *lab) waitLocalDNS(p *proc, timeout time.Duration) error {
+	return waitFor(timeout, func() error {
+		if p.exited() {
+			return errors.New("localdns exited: " + lastLine(p.tail(600)))
+		}
+		_, err := l.probe(topo.Pod1, topo.ClusterListener, "health-check.localdns.local", 1)
+		return err
+	})
+}
+
+func (l *lab) probe(netns, server, name string, n int) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", netns, l.self, "probe", "-server", server+":53", "-name", name,
+		"-n", strconv.Itoa(n), "-nsid", "-timeout", "500ms").CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("probe %s from %s: %v: %s", server, netns, err, lastLine(string(out)))
+	}
+	return string(out), nil
+}
+
+func waitFor(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// dnsperfWarm queries every name of both classes once from pod1, and again
+// until a pass gets every answer: the fault scenarios rely on every name
+// having been seen, and a miss storm on a loaded machine can lose a few.
+func (l *lab) dnsperfWarm(server string) (*perf.Result, error) {
+	run := perf.Run{Netns: topo.Pod1, Server: server, Data: l.data["warm"][0], Once: true, QPS: warmQPS,
+		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second}
+	total := &perf.Result{}
+	for pass := 1; ; pass++ {
+		res, err := perf.RunAll([]perf.Run{run}, workload.Expected)
+		if err != nil {
+			return nil, err
+		}
+		total.Merge(res)
+		logf("  warm-up pass %d: %d of %d answered as expected, %.0f QPS", pass, res.Succeeded, res.Sent, float64(res.Sent)/res.Elapsed.Seconds())
+		if res.Succeeded == res.Sent {
+			return total, nil
+		}
+		if pass == 3 {
+			return nil, fmt.Errorf("warm-up through %s: %d of %d queries failed in pass 3", server, res.Sent-res.Succeeded, res.Sent)
+		}
+	}
+}
+
+// warmQPS is the warm-up rate: every query of the warm-up is a miss that
+// goes to CoreDNS and possibly on to the external resolver.
+const warmQPS = 3000
+
+// pods returns one dnsperf run per pod on the data files of key.
+func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) []perf.Run {
+	var runs []perf.Run
+	for i, p := range topo.Pods {
+		runs = append(runs, perf.Run{Netns: p.Netns, Server: server, Data: l.data[key][i], QPS: l.v.qps / len(topo.Pods),
+			Duration: d, Clients: l.v.clients, Outstand: 10000, Timeout: timeout})
+	}
+	return runs
+}
+
+// measure runs class's workload from every pod against server.
+func (l *lab) measure(scenario, class, server string) (report.Phase, error) {
+	logf("scenario %s: %s names, %v at %d QPS", scenario, class, l.v.phase, l.v.qps)
+	before := l.counters()
+	res, err := perf.RunAll(l.pods(class, server, l.v.phase, 2*time.Second), workload.Expected)
+	if err != nil {
+		return report.Phase{}, err
+	}
+	p := l.withCounters(report.FromResult(scenario, class, class+" names", res), before, l.counters())
+	logf("  p50 %v p95 %v p99 %v, success %.3f%%, %.0f QPS, lost %d, rcodes %v; CoreDNS %v, external %.0f, hits %.0f, misses %.0f, stale %.0f",
+		p.P50, p.P95, p.P99, 100*p.SuccessRate(), p.QPS(), p.Lost, p.Rcodes, p.CoreDNS, p.External, p.Hits, p.Misses, p.Stale)
+	return p, nil
+}
+
+// outage cuts every upstream off for the outage duration in the middle of a
+// mixed run against localdns, after every name was seen in the warm-up.
+func (l *lab) outage() error {
+	v := l.v
+	logf("fault: upstreams down for %v under %d QPS", v.outage, v.qps)
+	before := l.counters()
+	runs := l.pods("mixed", topo.ClusterListener, v.outagePre+v.outage+v.outagePost, 2*time.Second)
+	errc := make(chan error, 1)
+	var res *perf.Result
+	go func() {
+		var err error
+		res, err = perf.RunAll(runs, workload.Expected)
+		errc <- err
+	}()
+	time.Sleep(v.outagePre)
+	if err := topo.CutUpstreams(); err != nil {
+		return err
+	}
+	time.Sleep(v.outage)
+	if err := topo.RestoreUpstreams(); err != nil {
+		return err
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	// The cut drops packets, so only the localdns counters are readable
+	// from the node; CoreDNS and extdns counters are read after restore.
+	p := l.withCounters(report.FromResult("localdns", "mixed", fmt.Sprintf("upstreams down for %v", v.outage), res), before, l.counters())
+	l.res.Outage = p
+	logf("  success %d/%d, stale answers %.0f, p99 %v", p.Succeeded, p.Sent, p.Stale, p.P99)
+	return nil
+}
+
+// restarts restarts localdns (SIGHUP to the harness: stop, then start on
+// the same sockets) at the planned offsets of a mixed run.
+func (l *lab) restarts() error {
+	v := l.v
+	logf("fault: localdns restarted %d times under %d QPS", len(v.restartAt), v.qps)
+	before := l.counters()
+	runs := l.pods("mixed", topo.ClusterListener, v.restartRun, 5*time.Second)
+	errc := make(chan error, 1)
+	var res *perf.Result
+	start := time.Now()
+	go func() {
+		var err error
+		res, err = perf.RunAll(runs, workload.Expected)
+		errc <- err
+	}()
+	pid, err := l.localdnsPID()
+	if err != nil {
+		return err
+	}
+	l.res.RestartPIDs = []int{pid}
+	for _, at := range v.restartAt {
+		time.Sleep(time.Until(start.Add(at)))
+		t0 := time.Now()
+		if err := l.localdn.signal(syscall.SIGHUP); err != nil {
+			return err
+		}
+		// The new process answers once its PID differs and the probe works.
+		if err := waitFor(20*time.Second, func() error {
+			p, err := l.localdnsPID()
+			if err != nil {
+				return err
+			}
+			if p == pid {
+				return errors.New("not restarted yet")
+			}
+			_, err = l.probe(topo.Node, topo.ClusterListener, "health-check.localdns.local", 1)
+			return err
+		}); err != nil {
+			return fmt.Errorf("restart at %v: %w", at, err)
+		}
+		pid, _ = l.localdnsPID()
+		l.res.RestartPIDs = append(l.res.RestartPIDs, pid)
+		l.res.RestartGaps = append(l.res.RestartGaps, time.Since(t0).Round(time.Millisecond))
+		logf("  restarted: pid %d, answering after %v", pid, time.Since(t0).Round(time.Millisecond))
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	p := l.withCounters(report.FromResult("localdns", "mixed", fmt.Sprintf("%d restarts", len(v.restartAt)), res), before, l.counters())
+	l.res.Restart = p
+	logf("  success %d/%d, timed out %d, p99 %v, max %v", p.Succeeded, p.Sent, p.Lost, p.P99, p.Max)
+	return nil
+}
+
+// localdnsPID is the PID of the localdns process the harness runs.
+func (l *lab) localdnsPID() (int, error) {
+	// Go forks from any thread: look at every thread's children.
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", l.localdn.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	var f []string
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		f = append(f, strings.Fields(string(data))...)
+	}
+	if len(f) == 0 {
+		return 0, errors.New("no localdns process under the harness")
+	}
+	return strconv.Atoi(f[0])
+}
+
+// counters are the servers' cumulative counters at one moment.
+type counters struct {
+	coredns []float64
+	ext     float64
+	hits    float64
+	misses  float64
+	stale   float64
+}
+
+func (l *lab) counters() counters {
+	var c counters
+	for _, p := range topo.CoreDNSPods {
+		c.coredns = append(c.coredns, metricSum(l.fetch(p.Netns, "http://127.0.0.1:9153/metrics"), "coredns_dns_requests_total"))
+	}
+	c.ext = metricSum(l.fetch(topo.AzureDNS, "http://127.0.0.1:9100/metrics"), "labdns_queries_total")
+	if l.localdn != nil {
+		m := l.fetch(topo.Node, "http://127.0.0.1:9253/metrics")
+		c.hits = metricSum(m, "localdns_cache_hits_total")
+		c.misses = metricSum(m, "localdns_cache_misses_total")
+		c.stale = metricSum(m, "localdns_cache_stale_answers_total")
+	}
+	return c
+}
+
+func (l *lab) withCounters(p report.Phase, before, after counters) report.Phase {
+	for i := range after.coredns {
+		p.CoreDNS = append(p.CoreDNS, after.coredns[i]-before.coredns[i])
+	}
+	p.External = after.ext - before.ext
+	p.Hits = after.hits - before.hits
+	p.Misses = after.misses - before.misses
+	p.Stale = after.stale - before.stale
+	return p
+}
+
+func (l *lab) fetch(netns, url string) string {
+	out, err := exec.Command("ip", "netns", "exec", netns, l.self, "fetch", url).Output()
+	if err != nil {
+		logf("fetch %s in %s: %v", url, netns, err)
+	}
+	return string(out)
+}
+
+// metricSum adds up every sample of a metric in Prometheus text format.
+func metricSum(text, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		rest := line[len(name):]
+		if !strings.HasPrefix(rest, " ") && !strings.HasPrefix(rest, "{") {
+			continue
+		}
+		f := strings.Fields(line)
+		if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func firstLine(out []byte, err error) string {
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	s, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return s
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndex(s, "\n"); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+func dnsperfVersion() string {
+	out, _ := exec.Command("dnsperf", "-h").CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "Version") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return "unknown"
+}
+
+func kernel() string {
+	out, err := exec.Command("uname", "-r").Output()
+	if err != nil {
+		return "unknown kernel"
+	}
+	return "Linux " + strings.TrimSpace(string(out))
+}

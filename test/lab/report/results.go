@@ -1,0 +1,217 @@
+// Package report holds the lab's results, judges them against the bars of
+// issue #7, and writes them as a Markdown report with PNG charts and a JSON
+// file of the raw numbers.
+package report
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/localdns/localdns/test/lab/perf"
+)
+
+// Phase is one measured dnsperf run (or several pods' runs merged) with the
+// counters read on the servers around it.
+type Phase struct {
+	Scenario string // "centralized" or "localdns"
+	Class    string // "cluster", "external" or "mixed"
+	Name     string // what the phase is, for the report
+
+	Sent, Answered, Lost, Succeeded int
+	Rcodes                          map[string]int
+	P50, P95, P99, P999, Max        time.Duration
+	Elapsed                         time.Duration
+
+	CoreDNS  []float64 // queries each CoreDNS backend received
+	External float64   // queries the external resolver received
+	Hits     float64   // localdns cache hits
+	Misses   float64   // localdns cache misses
+	Stale    float64   // stale answers localdns served
+}
+
+// FromResult fills the dnsperf side of a phase.
+func FromResult(scenario, class, name string, r *perf.Result) Phase {
+	return Phase{
+		Scenario: scenario, Class: class, Name: name,
+		Sent: r.Sent, Answered: r.Answered, Lost: r.Lost, Succeeded: r.Succeeded, Rcodes: r.Rcodes,
+		P50: r.Percentile(50), P95: r.Percentile(95), P99: r.Percentile(99), P999: r.Percentile(99.9), Max: r.Percentile(100),
+		Elapsed: r.Elapsed,
+	}
+}
+
+// SuccessRate is the share of queries answered with the expected rcode.
+func (p Phase) SuccessRate() float64 {
+	if p.Sent == 0 {
+		return 0
+	}
+	return float64(p.Succeeded) / float64(p.Sent)
+}
+
+// QPS is the rate dnsperf achieved.
+func (p Phase) QPS() float64 {
+	if p.Elapsed <= 0 {
+		return 0
+	}
+	return float64(p.Sent) / p.Elapsed.Seconds()
+}
+
+// CoreDNSTotal is the queries all CoreDNS backends received.
+func (p Phase) CoreDNSTotal() float64 {
+	var t float64
+	for _, v := range p.CoreDNS {
+		t += v
+	}
+	return t
+}
+
+// Settings describe how the run was made.
+type Settings struct {
+	Variant          string
+	QPS              int
+	Pods             int
+	ClientsPerPod    int
+	PhaseDuration    time.Duration
+	ClusterNames     int
+	ExternalNames    int
+	ZipfS            float64
+	CoreDNSDelay     string // the emulated hop to a CoreDNS pod
+	ExternalDelay    string // the emulated delay of the external resolver
+	ClusterTTL       int
+	ExternalTTL      int
+	OutageDuration   time.Duration
+	Restarts         int
+	SocketActivation bool   // localdns took the held sockets
+	ActivationNote   string // why not, if not
+	LocalDNSVersion  string
+	CoreDNSVersion   string
+	DNSPerfVersion   string
+	Machine          string
+	Started          time.Time
+	Took             time.Duration
+}
+
+// Results is everything one lab run measured.
+type Results struct {
+	Settings Settings
+	// Backends names the CoreDNS pods, in the order of Phase.CoreDNS.
+	Backends []string
+	// ServiceCheck is how a probe of 40 fresh flows to the service address
+	// spread over the backends (by NSID), proving the DNAT works.
+	ServiceCheck map[string]int
+
+	Centralized map[string]Phase // by class
+	LocalDNS    map[string]Phase // by class
+	// LocalDNSWarm is localdns's warm-up (every name once), counted with
+	// the measured phases for the share of what localdns forwards.
+	LocalDNSWarm Phase
+	Outage       Phase
+	Restart      Phase
+	// RestartPIDs are localdns's PIDs before and after each restart.
+	RestartPIDs []int
+	// RestartGaps are how long each restart took, stop to answering.
+	RestartGaps []time.Duration
+}
+
+// Bar is one pass/fail criterion.
+type Bar struct {
+	Name     string
+	Want     string
+	Got      string
+	Pass     bool
+	Measured bool // false: could not be evaluated (counts as a failure)
+}
+
+// Classes are the measured name classes, in report order.
+var Classes = []string{"cluster", "external"}
+
+// Bars judges r against the bars of issue #7.
+func (r *Results) Bars() []Bar {
+	var bars []Bar
+	for _, c := range Classes {
+		a, b := r.Centralized[c], r.LocalDNS[c]
+		bar := Bar{Name: fmt.Sprintf("p99 latency, %s names (cache hits)", c), Want: "localdns at least 10x below centralized"}
+		if a.P99 > 0 && b.P99 > 0 {
+			ratio := float64(a.P99) / float64(b.P99)
+			bar.Measured, bar.Pass = true, ratio >= 10
+			bar.Got = fmt.Sprintf("%s vs %s: %.1fx", fmtDur(b.P99), fmtDur(a.P99), ratio)
+		}
+		bars = append(bars, bar)
+	}
+
+	share := Bar{Name: "CoreDNS backend balance (localdns)", Want: "no backend above 70% of what localdns forwards"}
+	fwd := make([]float64, len(r.Backends))
+	for _, p := range append([]Phase{r.LocalDNSWarm}, r.LocalDNS["cluster"], r.LocalDNS["external"]) {
+		for i, v := range p.CoreDNS {
+			fwd[i] += v
+		}
+	}
+	var total, top float64
+	for _, v := range fwd {
+		total += v
+		top = max(top, v)
+	}
+	if total >= 100 {
+		share.Measured, share.Pass = true, top/total <= 0.70
+		share.Got = fmt.Sprintf("busiest backend %.1f%% of %.0f queries", 100*top/total, total)
+	} else {
+		share.Got = fmt.Sprintf("only %.0f queries forwarded: too few to judge", total)
+	}
+	bars = append(bars, share)
+
+	load := Bar{Name: "queries reaching CoreDNS", Want: "at least 90% fewer with localdns"}
+	var ca, cb float64
+	for _, c := range Classes {
+		ca += r.Centralized[c].CoreDNSTotal()
+		cb += r.LocalDNS[c].CoreDNSTotal()
+	}
+	if ca > 0 {
+		red := 1 - cb/ca
+		load.Measured, load.Pass = true, red >= 0.90
+		load.Got = fmt.Sprintf("%.0f vs %.0f: %.2f%% fewer", cb, ca, 100*red)
+	}
+	bars = append(bars, load)
+
+	out := Bar{Name: "upstream outage", Want: "100% success for names seen before"}
+	if r.Outage.Sent > 0 {
+		out.Measured, out.Pass = true, r.Outage.Succeeded == r.Outage.Sent
+		out.Got = fmt.Sprintf("%d of %d succeeded (%.3f%%), %.0f stale answers", r.Outage.Succeeded, r.Outage.Sent, 100*r.Outage.SuccessRate(), r.Outage.Stale)
+	}
+	bars = append(bars, out)
+
+	rs := Bar{Name: fmt.Sprintf("localdns restarted %d times under load", r.Settings.Restarts), Want: "zero lost queries"}
+	if r.Restart.Sent > 0 {
+		lost := r.Restart.Sent - r.Restart.Succeeded
+		restarted := len(r.RestartPIDs) == r.Settings.Restarts+1
+		for i := 1; i < len(r.RestartPIDs); i++ {
+			restarted = restarted && r.RestartPIDs[i] != r.RestartPIDs[i-1]
+		}
+		rs.Measured, rs.Pass = restarted, restarted && lost == 0
+		rs.Got = fmt.Sprintf("%d of %d lost or failed (%d timed out)", lost, r.Restart.Sent, r.Restart.Lost)
+		if !restarted {
+			rs.Got += "; localdns was not restarted as planned"
+		}
+	}
+	bars = append(bars, rs)
+	return bars
+}
+
+// Passed reports whether every bar passed.
+func Passed(bars []Bar) bool {
+	for _, b := range bars {
+		if !b.Pass {
+			return false
+		}
+	}
+	return true
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+	}
+}

@@ -1,0 +1,167 @@
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Write writes results.json, the charts and REPORT.md into dir.
+func Write(dir string, r *Results, bars []Bar) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(struct {
+		*Results
+		Bars []Bar
+	}{r, bars}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), data, 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	var charts []string
+	for _, c := range Classes {
+		f, err := latencyChart(dir, r, c)
+		if err != nil {
+			return err
+		}
+		charts = append(charts, f)
+	}
+	for _, mk := range []func(string, *Results) (string, error){shareChart, loadChart} {
+		f, err := mk(dir, r)
+		if err != nil {
+			return err
+		}
+		charts = append(charts, f)
+	}
+	md := Markdown(r, bars, charts)
+	if err := os.WriteFile(filepath.Join(dir, "REPORT.md"), []byte(md), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// Markdown renders the report.
+func Markdown(r *Results, bars []Bar, charts []string) string {
+	var b strings.Builder
+	s := r.Settings
+	verdict := "PASS: every bar met"
+	if !Passed(bars) {
+		verdict = "FAIL: at least one bar missed"
+	}
+	fmt.Fprintf(&b, "# localdns lab: centralized CoreDNS vs localdns (%s variant)\n\n", s.Variant)
+	fmt.Fprintf(&b, "**%s.** Run %s, took %v, on %s.\n\n", verdict, s.Started.Format("2006-01-02 15:04 UTC"), s.Took, s.Machine)
+	b.WriteString("Reproduces the seed experiment (reference/seed-localdns-blog.md) on one machine in network\n" +
+		"namespaces: pods at 10k QPS against central CoreDNS pods behind a kube-proxy service address\n" +
+		"(scenario A) and against localdns on their node (scenario B). Regenerate with `make lab`\n" +
+		"(this report's variant: `make lab" + map[bool]string{true: "-short", false: ""}[s.Variant == "short"] + "`).\n\n")
+
+	b.WriteString("## Bars\n\n| bar | wanted | got | |\n|---|---|---|---|\n")
+	for _, bar := range bars {
+		st := "pass"
+		if !bar.Pass {
+			st = "**FAIL**"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", bar.Name, bar.Want, bar.Got, st)
+	}
+
+	b.WriteString("\n## Latency (cache-hit traffic after a warm-up)\n\n")
+	b.WriteString("Per-query times from dnsperf's verbose output, percentiles by nearest rank, both pods' queries together.\n\n")
+	b.WriteString("| names | scenario | p50 | p95 | p99 | p99.9 | max | success | queries | achieved QPS |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range Classes {
+		for _, sc := range []struct {
+			name string
+			p    Phase
+		}{{"centralized", r.Centralized[c]}, {"localdns", r.LocalDNS[c]}} {
+			p := sc.p
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.3f%% | %d | %.0f |\n", c, sc.name,
+				fmtDur(p.P50), fmtDur(p.P95), fmtDur(p.P99), fmtDur(p.P999), fmtDur(p.Max), 100*p.SuccessRate(), p.Sent, p.QPS())
+		}
+	}
+	b.WriteString("\n")
+	for _, c := range charts {
+		fmt.Fprintf(&b, "![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
+	}
+
+	b.WriteString("## Load on the upstreams and spread over the CoreDNS pods\n\n")
+	central, local := r.backendShares()
+	b.WriteString("| scenario | queries to CoreDNS | per second | " + strings.Join(r.Backends, " | ") + " | queries to external | per second |\n")
+	b.WriteString("|---|---|---|" + strings.Repeat("---|", len(r.Backends)) + "---|---|\n")
+	for _, sc := range []struct {
+		name   string
+		phases map[string]Phase
+		share  []float64
+	}{{"centralized", r.Centralized, central}, {"localdns", r.LocalDNS, local}} {
+		cr, er := r.upstreamRates(sc.phases)
+		var ct, et float64
+		for _, c := range Classes {
+			ct += sc.phases[c].CoreDNSTotal()
+			et += sc.phases[c].External
+		}
+		var shares []string
+		for _, v := range sc.share {
+			shares = append(shares, fmt.Sprintf("%.1f%%", 100*v))
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %s | %.0f | %.0f |\n", sc.name, ct, cr, strings.Join(shares, " | "), et, er)
+	}
+	b.WriteString("\nCounts are the CoreDNS pods' own `coredns_dns_requests_total` and the external resolver's counter,\n" +
+		"read before and after the measured phases. The localdns shares count everything localdns\n" +
+		"forwarded (its warm-up included: " + fmt.Sprintf("%.0f", r.LocalDNSWarm.CoreDNSTotal()) + " queries), the centralized shares the measured phases.\n" +
+		"Centralized, each dnsperf socket is one conntrack flow and stays on the backend the DNAT picked for it\n" +
+		fmt.Sprintf("(%d pods x %d sockets = %d flows); localdns sends each forwarded query from a fresh socket.\n", s.Pods, s.ClientsPerPod, s.Pods*s.ClientsPerPod))
+	fmt.Fprintf(&b, "Before the run, 40 fresh flows to the service address were answered by (NSID): %s.\n\n", fmtCounts(r.ServiceCheck))
+
+	b.WriteString("## Faults (scenario B)\n\n")
+	o := r.Outage
+	fmt.Fprintf(&b, "**Upstreams down for %v** (every packet from the node to both CoreDNS pods and the external resolver dropped, "+
+		"mid-run, after every name was seen in the warm-up): %d of %d queries answered with the expected rcode (%.3f%%), "+
+		"%d timed out; localdns served %.0f stale answers; p99 %s, max %s; rcodes %s.\n\n",
+		s.OutageDuration, o.Succeeded, o.Sent, 100*o.SuccessRate(), o.Lost, o.Stale, fmtDur(o.P99), fmtDur(o.Max), fmtCounts(o.Rcodes))
+	rs := r.Restart
+	how := "with socket activation: the harness holds both listeners' UDP and TCP sockets as localdns.socket does and restarts localdns on them (SIGTERM, wait, start)"
+	if !s.SocketActivation {
+		how = "**without socket activation** (" + s.ActivationNote + "): stop, then start, localdns binding its own sockets"
+	}
+	var gaps []string
+	for _, g := range r.RestartGaps {
+		gaps = append(gaps, g.String())
+	}
+	fmt.Fprintf(&b, "**localdns restarted %d times under load**, %s. Signal to answering again: %s. "+
+		"%d of %d queries answered with the expected rcode, %d timed out; p99 %s, max %s; PIDs %v.\n\n",
+		s.Restarts, how, strings.Join(gaps, ", "), rs.Succeeded, rs.Sent, rs.Lost, fmtDur(rs.P99), fmtDur(rs.Max), r.RestartPIDs)
+
+	b.WriteString("## How it was measured\n\n")
+	fmt.Fprintf(&b, "- Load: dnsperf (%s), %d QPS in total from %d client pods (%d sockets each), %v per measured phase; cluster and external names in separate phases.\n",
+		s.DNSPerfVersion, s.QPS, s.Pods, s.ClientsPerPod, s.PhaseDuration)
+	fmt.Fprintf(&b, "- Names: %d cluster and %d external names, popularity Zipf (s=%.1f), each lookup expanded through the pod's ndots:5 search path "+
+		"(`svc7.ns3` -> `svc7.ns3.default.svc.cluster.local` NXDOMAIN, `svc7.ns3.svc.cluster.local`; `api12.example.com` -> three NXDOMAIN suffixes, then the name). A queries only.\n",
+		s.ClusterNames, s.ExternalNames, s.ZipfS)
+	fmt.Fprintf(&b, "- Warm-up: every name once through the scenario's resolver before its phases, so the phases measure cache-hit traffic (CoreDNS's `cache 30` in A, localdns in B).\n")
+	fmt.Fprintf(&b, "- CoreDNS pods: stock CoreDNS (%s), `template` answers for services (TTL %d s as kubeadm's `ttl 30`), NXDOMAIN with SOA for the rest of cluster.local, `forward` to the external resolver, `cache 30`, NSID naming the pod.\n", s.CoreDNSVersion, s.ClusterTTL)
+	fmt.Fprintf(&b, "- Service address: kube-proxy nft-mode rules in the node namespace, `numgen random mod 2` DNAT per new conntrack flow, for pods (prerouting) and the node itself (output).\n")
+	fmt.Fprintf(&b, "- External resolver (\"Azure DNS\"): the lab's miekg/dns server, A answers with TTL %d s.\n", s.ExternalTTL)
+	fmt.Fprintf(&b, "- **Emulated** (the kernel has no netem): the hop to a CoreDNS pod, %s; the external resolver's own latency, %s. Everything beyond these is real: CoreDNS's processing, conntrack/DNAT, veths and the CPU contention of the shared cores.\n", s.CoreDNSDelay, s.ExternalDelay)
+	fmt.Fprintf(&b, "- localdns: %s, the AKS default profile with the lab's service address and external resolver (`localdns.yaml` in the lab's scratch directory), listeners on the node's lo.\n", s.LocalDNSVersion)
+	return b.String()
+}
+
+func fmtCounts(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
