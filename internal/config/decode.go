@@ -225,9 +225,9 @@ func (d *decoder) profile(p *Profile, root any) {
 		"mode": func(path string, v any) {
 			p.Mode = Mode(d.enum(path, v, string(p.Mode), ModeRequired, ModePreferred, ModeDisabled))
 		},
-		// state is AKS's read-only status field; accepted so a pasted
-		// profile works, and ignored.
-		"state": func(string, any) {},
+		// state is AKS's read-only status field (Enabled or Disabled);
+		// accepted so a pasted profile works, checked, and ignored.
+		"state": func(path string, v any) { d.enum(path, v, "", "Enabled", "Disabled") },
 		"listeners": func(path string, v any) {
 			d.fields(path, v, map[string]func(string, any){
 				"node":    func(path string, v any) { p.NodeListener = d.addr(path, v, p.NodeListener) },

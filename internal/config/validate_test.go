@@ -129,6 +129,7 @@ func TestValidation(t *testing.T) {
 		{"root as cluster domain", `clusterDomain: "."`,
 			[]problem{{"clusterDomain", "below the root"}}},
 		{"bad mode", "mode: Sometimes", []problem{{"mode", "must be one of Required, Preferred, Disabled"}}},
+		{"bad state", `{"localDnsProfile": {"state": "Running"}}`, []problem{{"localDnsProfile.state", "must be one of Enabled, Disabled"}}},
 		{"bad serveStale", `kubeDNSOverrides: {".": {serveStale: Always}}`,
 			[]problem{{`kubeDNSOverrides.".".serveStale`, "must be one of Verify, Immediate, Disable"}}},
 		{"bad protocol", `kubeDNSOverrides: {".": {protocol: UDP}}`,
