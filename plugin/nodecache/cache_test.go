@@ -319,8 +319,15 @@ func TestServeStaleImmediate(t *testing.T) {
 		t.Fatalf("stale answer to a query without EDNS0: %v", m)
 	}
 
-	// The upstream recovers: the refresh replaces the entry.
+	// Within 30 s of the failure no refresh is tried (RFC 8767 failure
+	// recheck); after that the recovered upstream's answer replaces the entry.
 	up.set(aAnswer("192.0.2.11", 10))
+	ask(t, addr, name, qopt{edns: 1232})
+	time.Sleep(50 * time.Millisecond)
+	if got := up.count(name); got != 2 {
+		t.Fatalf("refresh retried within the failure recheck time: %d queries", got)
+	}
+	clock.advance(31 * time.Second)
 	waitFor(t, "fresh answer after refresh", func() bool {
 		m := ask(t, addr, name, qopt{edns: 1232})
 		_, stale := ede(m)

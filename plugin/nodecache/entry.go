@@ -29,6 +29,7 @@ type entry struct {
 	freq       atomic.Uint32 // S3-FIFO access frequency, capped at 3
 	hits       atomic.Uint32 // lifetime hits (saturating), for prefetch
 	refreshing atomic.Bool   // a background refresh is in flight
+	retryAfter atomic.Int64  // unix ns before which a failed refresh is not retried
 
 	// queue links and bookkeeping, guarded by the shard lock.
 	prev, next *entry

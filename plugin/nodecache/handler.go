@@ -58,11 +58,15 @@ func (h *Nodecache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 			c.stale.Inc()
 			return writeEntry(w, e, &q, staleTTL, true, proto)
 		case stale && h.pol.mode == staleVerify:
-			if res, ok := h.verify(ctx, w, r, &q, key, c); ok {
-				return h.writeResult(w, r, &q, res, proto)
+			if !h.recheckPending(e) {
+				if res, ok := h.verify(ctx, w, r, &q, key, e, c); ok {
+					return h.writeResult(w, r, &q, res, proto)
+				}
 			}
 			c.stale.Inc()
 			return writeEntry(w, e, &q, staleTTL, true, proto)
+		case !stale:
+			s.remove(e) // past its stale window: dead weight
 		}
 	}
 
@@ -176,7 +180,7 @@ func (h *Nodecache) exchange(ctx context.Context, remote, local net.Addr, up *dn
 // verify asks upstream for a stale entry and waits at most verify_timeout.
 // It reports the result when it is usable; the exchange goes on in the
 // background either way and stores whatever it gets.
-func (h *Nodecache) verify(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, q *query, key uint64, c *counters) (result, bool) {
+func (h *Nodecache) verify(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, q *query, key uint64, e *entry, c *counters) (result, bool) {
 	done := make(chan result, 1)
 	bg := context.WithoutCancel(ctx)
 	up := upstreamQuery(r, q)
@@ -185,7 +189,7 @@ func (h *Nodecache) verify(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	go func() {
 		res, _ := h.store.flight.do(key, func() result { return h.exchange(bg, remote, local, up, &qc) })
 		if res.failed() {
-			c.refreshFailure.Inc()
+			h.refreshFailed(e, c)
 		}
 		done <- res
 	}()

@@ -3,9 +3,15 @@ package nodecache
 import (
 	"context"
 	"net"
+	"time"
 
 	"github.com/miekg/dns"
 )
+
+// failureRecheck is how long after a failed refresh an entry is served
+// stale without asking upstream again (RFC 8767 section 5 suggests 30 s), so
+// a dead upstream is not hammered and verify does not delay every query.
+const failureRecheck = 30 * time.Second
 
 var (
 	bgUDPAddr = &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
@@ -35,7 +41,7 @@ func (h *Nodecache) maybePrefetch(ctx context.Context, e *entry, now int64, c *c
 // A refresh that fails leaves e in place: a stale entry is never evicted
 // because its upstream is down.
 func (h *Nodecache) refreshAsync(ctx context.Context, e *entry, c *counters, proto Proto, prefetch bool) {
-	if !e.refreshing.CompareAndSwap(false, true) {
+	if h.recheckPending(e) || !e.refreshing.CompareAndSwap(false, true) {
 		return
 	}
 	if prefetch {
@@ -46,9 +52,20 @@ func (h *Nodecache) refreshAsync(ctx context.Context, e *entry, c *counters, pro
 		defer e.refreshing.Store(false)
 		res := h.refresh(bg, e, proto)
 		if res.failed() || res.entry == nil {
-			c.refreshFailure.Inc()
+			h.refreshFailed(e, c)
 		}
 	}()
+}
+
+// recheckPending reports whether e's last refresh failed less than
+// failureRecheck ago.
+func (h *Nodecache) recheckPending(e *entry) bool {
+	return h.store.now().UnixNano() < e.retryAfter.Load()
+}
+
+func (h *Nodecache) refreshFailed(e *entry, c *counters) {
+	e.retryAfter.Store(h.store.now().Add(failureRecheck).UnixNano())
+	c.refreshFailure.Inc()
 }
 
 // refresh queries upstream for e's key (coalesced with client misses) and

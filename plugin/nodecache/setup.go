@@ -94,6 +94,10 @@ func setup(c *caddy.Controller) error {
 		store.register(h)
 		return nil
 	})
+	c.OnShutdown(func() error {
+		store.unregister(h)
+		return nil
+	})
 	if first {
 		// Once per instance: restore (first start of the process only) and
 		// run the periodic snapshot with the settings all blocks agreed on;

@@ -129,6 +129,14 @@ func decodeSnapshot(b []byte, now time.Time) (entries []*entry, dropped int, err
 // number of entries written.
 func (s *Store) SaveSnapshot(path string) (int, error) {
 	entries := s.all()
+	now := s.now().UnixNano()
+	live := entries[:0]
+	for _, e := range entries {
+		if fresh, stale := e.servable(now); fresh || stale {
+			live = append(live, e)
+		}
+	}
+	entries = live
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return 0, fmt.Errorf("snapshot directory: %w", err)

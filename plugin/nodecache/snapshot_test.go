@@ -15,9 +15,12 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	old := now.Add(-100 * time.Second)
 	s.put(testEntry(t, 1, "fresh.example.org.", 3600, old)) // fresh: 3500 s left
 	s.put(testEntry(t, 1, "stale.example.org.", 60, old))   // within its 3600 s stale window
-	gone := testEntry(t, 1, "gone.example.org.", 60, old)   // past TTL + stale window
-	gone.stale = 30
+	gone := testEntry(t, 1, "gone.example.org.", 60, old)   // past TTL + stale window 30 s later
+	gone.stale = 50
 	s.put(gone)
+	dead := testEntry(t, 1, "dead.example.org.", 60, old) // past TTL + stale window already: not saved
+	dead.stale = 10
+	s.put(dead)
 	path := filepath.Join(t.TempDir(), "sub", "cache.snapshot")
 	n, err := s.SaveSnapshot(path)
 	if err != nil || n != 3 {
@@ -28,15 +31,16 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 
 	r := NewStore(8 << 20)
+	r.clock = func() time.Time { return now.Add(30 * time.Second) }
 	got, err := r.LoadSnapshot(path)
 	if err != nil || got != 2 {
 		t.Fatalf("load: %d entries, %v; want 2 (expired one dropped)", got, err)
 	}
 	e := lookup(r, 1, "fresh.example.org.")
-	if e == nil || e.remaining(now.UnixNano()) != 3500 {
+	if e == nil || e.remaining(now.Add(30*time.Second).UnixNano()) != 3470 {
 		t.Fatalf("restored entry did not keep its age: %+v", e)
 	}
-	if fresh, stale := lookup(r, 1, "stale.example.org.").servable(now.UnixNano()); fresh || !stale {
+	if fresh, stale := lookup(r, 1, "stale.example.org.").servable(now.Add(30 * time.Second).UnixNano()); fresh || !stale {
 		t.Fatalf("stale entry restored as fresh=%v stale=%v", fresh, stale)
 	}
 	if lookup(r, 1, "gone.example.org.") != nil {

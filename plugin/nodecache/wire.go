@@ -79,6 +79,23 @@ func (s *Store) handler(ns Namespace) *Nodecache {
 	return (*s.handlers.Load())[ns]
 }
 
+// unregister removes h unless a newer block took its namespace over.
+func (s *Store) unregister(h *Nodecache) {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	old := *s.handlers.Load()
+	if old[h.ns] != h {
+		return
+	}
+	m := make(map[Namespace]*Nodecache, len(old))
+	for k, v := range old {
+		if k != h.ns {
+			m[k] = v
+		}
+	}
+	s.handlers.Store(&m)
+}
+
 // register makes h the owner of its namespace (the newest block wins on a
 // reload).
 func (s *Store) register(h *Nodecache) {
