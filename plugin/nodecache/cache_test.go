@@ -539,3 +539,56 @@ cluster.local:0 {
 		t.Fatalf("blocks with different memory: %v", err)
 	}
 }
+
+// TestFloodThroughServer: a client floods unique random names while hot
+// names keep being asked for; the store stays within its 1 MiB budget and
+// the hot names never go upstream again.
+func TestFloodThroughServer(t *testing.T) {
+	freshStore(t)
+	up := startUpstream(t, aAnswer("192.0.2.99", 3600))
+	s := startServer(t, corefile(up, "    memory 1048576"))
+	addr := s.addr(0)
+	hot := make([]string, 50)
+	for i := range hot {
+		hot[i] = fmt.Sprintf("hot%d.example.org.", i)
+		ask(t, addr, hot[i], qopt{}) // miss
+		ask(t, addr, hot[i], qopt{}) // hit: no longer a one-hit wonder
+	}
+	const workers, perWorker = 8, 1500
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &dns.Client{Timeout: 5 * time.Second}
+			for i := range perWorker {
+				q := new(dns.Msg).SetQuestion(fmt.Sprintf("r%d-%d.flood.example.org.", w, i), dns.TypeA)
+				if _, _, err := c.Exchange(q, addr.udp); err != nil {
+					t.Error(err)
+					return
+				}
+				if i%10 == 0 {
+					h := new(dns.Msg).SetQuestion(hot[(i/10+w)%len(hot)], dns.TypeA)
+					if _, _, err := c.Exchange(h, addr.udp); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	store := nodecache.Shared()
+	if store.Bytes() > store.Budget() {
+		t.Fatalf("%d bytes in a %d byte budget", store.Bytes(), store.Budget())
+	}
+	if store.Evictions() == 0 {
+		t.Fatal("no evictions: the flood did not fill the budget")
+	}
+	for _, name := range hot {
+		if got := up.count(name); got != 1 {
+			t.Fatalf("hot name %s went upstream %d times", name, got)
+		}
+	}
+	t.Logf("%d entries, %d of %d bytes, %d evictions", store.Len(), store.Bytes(), store.Budget(), store.Evictions())
+}

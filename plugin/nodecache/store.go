@@ -187,7 +187,7 @@ func (s *Store) evictLocked(sh *shard) {
 		if sh.small.tail != nil && (sh.small.bytes > sh.budget/10 || sh.main.tail == nil) {
 			e := sh.small.tail
 			sh.small.unlink(e)
-			if e.freq.Load() > 1 {
+			if e.freq.Load() > 0 { // asked for again since insertion
 				e.freq.Store(0)
 				e.queue = queueMain
 				sh.main.pushHead(e)
