@@ -13,12 +13,54 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/localdns/localdns/internal/config"
 )
 
 var units = []string{"localdns.service", "localdns.socket", "localdns.slice"}
+
+// built is cmd/localdns compiled once for the tests that run it.
+var built struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+	out  []byte
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
+// localdnsBinary builds ../cmd/localdns once per test run, or returns
+// $LOCALDNS_BINARY when set (to test the units against a release build).
+func localdnsBinary(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("LOCALDNS_BINARY"); p != "" {
+		return p
+	}
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("go tool not in PATH")
+	}
+	built.once.Do(func() {
+		if built.dir, built.err = os.MkdirTemp("", "localdns-units-test-"); built.err != nil {
+			return
+		}
+		built.path = filepath.Join(built.dir, "localdns")
+		built.out, built.err = exec.Command(gobin, "build", "-o", built.path, "../cmd/localdns").CombinedOutput()
+	})
+	if built.err != nil {
+		t.Fatalf("go build ../cmd/localdns: %v\n%s", built.err, built.out)
+	}
+	return built.path
+}
 
 // maxExposure is the highest `systemd-analyze security` exposure we accept
 // for localdns.service (0 = fully locked down, 10 = unprotected).
@@ -238,14 +280,7 @@ func TestCommandLines(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds cmd/localdns; skipped with -short")
 	}
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go tool not in PATH")
-	}
-	bin := filepath.Join(t.TempDir(), "localdns")
-	if out, err := exec.Command(gobin, "build", "-o", bin, "../cmd/localdns").CombinedOutput(); err != nil {
-		t.Fatalf("go build ../cmd/localdns: %v\n%s", err, out)
-	}
+	bin := localdnsBinary(t)
 	var lines []string
 	for _, name := range []string{"localdns.service", "localdns.socket"} {
 		for _, section := range parse(t, name) {
