@@ -32,7 +32,9 @@ import (
 // and /sys are read-only, and systemd's unit path holds only our units and
 // empty stand-ins for the targets they order against (SYSTEMD_UNIT_PATH), so
 // no boot-time unit of the host runs. The one shared resource is a cgroup
-// subtree, removed afterwards. DNS goes only to the daemon under test, inside
+// subtree, removed afterwards. systemd's own log goes nowhere (never to the
+// host's console or kernel log); on failure the test prints `systemctl
+// status` and the daemon's output instead. DNS goes only to the daemon under test, inside
 // the test's network namespace; its upstreams are unused loopback addresses.
 func TestUnderSystemd(t *testing.T) {
 	if testing.Short() {
@@ -245,7 +247,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -o remount,bind,ro /
 ip link set lo up
 export container=localdns-test SYSTEMD_UNIT_PATH=/run/test/units
-exec /lib/systemd/systemd --system --unit=test.target --log-target=console --log-level=info
+exec /lib/systemd/systemd --system --unit=test.target --log-target=null
 `, root))
 	for _, s := range []string{"stage1.sh", "stage2.sh"} {
 		if err := os.Chmod(filepath.Join(root, s), 0o755); err != nil {
@@ -286,7 +288,8 @@ func (sb *sandbox) boot(t *testing.T) {
 func (sb *sandbox) shutdown(t *testing.T) {
 	if t.Failed() && sb.pid1 != 0 {
 		log, _ := sb.nsenter("cat", "/run/test/localdns.log")
-		t.Logf("systemd console:\n%s\nlocaldns log:\n%s", sb.out, log)
+		status, _ := sb.nsenter("systemctl", "status", "--no-pager", "localdns.service", "localdns.socket")
+		t.Logf("unshare output:\n%s\nunits:\n%s\nlocaldns log:\n%s", sb.out, status, log)
 	}
 	if sb.pid1 != 0 {
 		syscall.Kill(sb.pid1, syscall.SIGKILL)
