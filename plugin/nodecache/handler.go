@@ -76,6 +76,11 @@ func (h *Nodecache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	})
 	if shared {
 		c.coalesced.Inc()
+		if proto == TCP && res.entry == nil && res.msg != nil && res.msg.Truncated {
+			// The leader asked over UDP and got a truncated answer; a TCP
+			// client is owed the whole answer, so it asks for itself.
+			res = h.exchange(ctx, w.RemoteAddr(), w.LocalAddr(), upstreamQuery(r, &q), &q)
+		}
 	}
 	return h.writeResult(w, r, &q, res, proto)
 }

@@ -24,7 +24,9 @@ var shared struct {
 }
 
 // Shared returns the process-wide store, or nil before any nodecache block
-// was set up. A socket front-end uses it to call ServeWire.
+// was set up. A socket front-end uses it to call ServeWire; once non-nil it
+// is the same store for the life of the process (reloads keep it), so the
+// front-end may keep the pointer.
 func Shared() *Store {
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
