@@ -8,6 +8,7 @@ import (
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
 
 	"github.com/miekg/dns"
 )
@@ -106,6 +107,9 @@ func writeEntry(w dns.ResponseWriter, e *entry, q *query, ttl uint32, stale bool
 	if err != nil {
 		return dns.RcodeServerFailure, err
 	}
+	if rcode := int(e.wire[3] & 0x0F); rcode != dns.RcodeSuccess {
+		noteRcode(w, rcode)
+	}
 	if q.nsid {
 		m := new(dns.Msg)
 		if err := m.Unpack((*bp)[:n]); err != nil {
@@ -119,6 +123,25 @@ func writeEntry(w dns.ResponseWriter, e *entry, q *query, ttl uint32, stale bool
 		return dns.RcodeServerFailure, err
 	}
 	return dns.RcodeSuccess, nil
+}
+
+// noteRcode tells the recorders of the prometheus and log plugins (which
+// wrap w) the rcode of an answer written with Write: they learn it only from
+// WriteMsg, and would count a cached NXDOMAIN as NOERROR.
+func noteRcode(w dns.ResponseWriter, rcode int) {
+	for range 8 {
+		var rec *dnstest.Recorder
+		switch r := w.(type) {
+		case *dnstest.Recorder:
+			rec = r
+		case *metrics.Recorder:
+			rec = r.Recorder
+		default:
+			return
+		}
+		rec.Rcode = rcode
+		w = rec.ResponseWriter
+	}
 }
 
 // writeResult answers q with the outcome of an upstream exchange: from the

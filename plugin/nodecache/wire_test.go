@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coredns/coredns/plugin/metrics"
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/miekg/dns"
 )
 
@@ -167,5 +169,31 @@ func TestHitPathDoesNotAllocate(t *testing.T) {
 		}
 	}); a != 0 {
 		t.Errorf("ServeDNS: %v allocations per hit", a)
+	}
+}
+
+func TestHitReportsRcodeToRecorders(t *testing.T) {
+	s := NewStore(8 << 20)
+	h := &Nodecache{store: s, ns: 4, pol: defaultConfig().policy}
+	var q query
+	q.qtype, q.qclass = dns.TypeA, dns.ClassINET
+	q.nameLen, _ = dns.PackDomainName("nx.example.org.", q.name[:], 0, nil, false)
+	m := new(dns.Msg).SetQuestion("nx.example.org.", dns.TypeA)
+	m.Response, m.Rcode = true, dns.RcodeNameError
+	m.Ns = []dns.RR{&dns.SOA{Hdr: dns.RR_Header{Name: "example.org.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60}, Ns: "ns.example.org.", Mbox: "h.example.org.", Minttl: 60}}
+	e, why := newEntry(m, 4, &q, &h.pol, time.Now())
+	if e == nil {
+		t.Fatal(why)
+	}
+	s.put(e)
+	// prometheus wraps the server's writer, log wraps prometheus's.
+	prom := metrics.NewRecorder(&discard{remote: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}})
+	logRec := dnstest.NewRecorder(prom)
+	h.ServeDNS(context.Background(), logRec, new(dns.Msg).SetQuestion("nx.example.org.", dns.TypeA))
+	if logRec.Rcode != dns.RcodeNameError || prom.Rcode != dns.RcodeNameError {
+		t.Fatalf("recorders saw rcode %d and %d, want NXDOMAIN", logRec.Rcode, prom.Rcode)
+	}
+	if prom.Len == 0 {
+		t.Fatal("answer not written through the recorders")
 	}
 }
