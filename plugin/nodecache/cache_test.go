@@ -371,13 +371,30 @@ func TestServeStaleVerify(t *testing.T) {
 		t.Fatalf("stale answer after %s, want about verify_timeout (200ms)", took)
 	}
 
-	// A failing upstream: stale at once.
+	// A failing upstream: stale at once. First let the exchange started
+	// for the silent upstream end (forward retries and gets REFUSED).
+	failures := counterValue(nodecache.RefreshFailuresTotal.WithLabelValues(label))
 	up.set(rcodeAnswer(dns.RcodeRefused))
-	waitFor(t, "stale answer for a refusing upstream", func() bool {
-		m := ask(t, addr, name, qopt{edns: 1232})
-		_, stale := ede(m)
-		return stale && m.Rcode == dns.RcodeSuccess
+	waitFor(t, "the silent exchange to end", func() bool {
+		return counterValue(nodecache.RefreshFailuresTotal.WithLabelValues(label)) > failures
 	})
+	clock.advance(31 * time.Second) // past the failure recheck of that attempt
+	before := up.count(name)
+	m = ask(t, addr, name, qopt{edns: 1232})
+	if _, stale := ede(m); !stale || m.Rcode != dns.RcodeSuccess || up.count(name) != before+1 {
+		t.Fatalf("verify with a refusing upstream: %v (upstream asked %d times)", m, up.count(name)-before)
+	}
+	// Within 30 s of that failure, stale answers come without asking again.
+	for range 3 {
+		start := time.Now()
+		m = ask(t, addr, name, qopt{edns: 1232})
+		if _, stale := ede(m); !stale || time.Since(start) > 150*time.Millisecond {
+			t.Fatalf("after a failed verify: %v in %s", m, time.Since(start))
+		}
+	}
+	if got := up.count(name) - before; got != 1 {
+		t.Fatalf("upstream asked %d times within the failure recheck time, want 1", got)
+	}
 }
 
 func TestServeStaleOff(t *testing.T) {
