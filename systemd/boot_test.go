@@ -25,7 +25,10 @@ import (
 //   - after SIGKILL a query sent in the gap is queued by the socket and
 //     answered by the restarted daemon, the listener addresses and rules stay;
 //   - reload works; stopping both units removes addresses and rules, and the
-//     cache snapshot is left in the StateDirectory.
+//     cache snapshot is left in the StateDirectory;
+//   - in a crash loop (a test drop-in makes every start fail) the service
+//     gives up at its start limit, the socket fails with it, and the socket's
+//     teardown removes addresses and rules.
 //
 // Isolation: inside the namespaces the root file system is read-only, /run,
 // /tmp, /var/{tmp,log,lib,cache} are private tmpfs, /etc is a copy, /proc/sys
@@ -149,6 +152,36 @@ func TestUnderSystemd(t *testing.T) {
 	}
 	if snap := sb.run(t, "stat", "-c", "%U %a", "/var/lib/localdns/cache.snapshot"); strings.TrimSpace(snap) != "localdns 600" {
 		t.Errorf("cache snapshot: %q, want owner localdns, mode 600", snap)
+	}
+
+	// Crash loop: start again, then make every start fail (a test drop-in
+	// adds ExecStartPre=/bin/false) and kill the daemon. After
+	// StartLimitBurst starts the service gives up, the socket fails with it,
+	// and the socket's teardown removes addresses and rules.
+	sb.run(t, "systemctl", "start", "localdns.socket", "localdns.service")
+	sb.waitActive(t, 20*time.Second)
+	write(t, filepath.Join(sb.root, "units/localdns.service.d/zz-fail.conf"), "[Service]\nExecStartPre=/bin/false\n")
+	sb.run(t, "systemctl", "daemon-reload")
+	sb.run(t, "kill", "-KILL", sb.show(t, "localdns.service", "MainPID"))
+	start = time.Now()
+	for sb.show(t, "localdns.socket", "ActiveState") != "failed" {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("no start limit after 20 s: service %s/%s", sb.show(t, "localdns.service", "ActiveState"), sb.show(t, "localdns.service", "Result"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("crash loop: gave up after %v", time.Since(start).Round(100*time.Millisecond))
+	if r := sb.show(t, "localdns.socket", "Result"); r != "service-start-limit-hit" {
+		t.Errorf("socket Result = %s, want service-start-limit-hit", r)
+	}
+	if s := sb.show(t, "localdns.service", "ActiveState"); s != "failed" {
+		t.Errorf("service after the start limit: %s, want failed", s)
+	}
+	if addrs := sb.run(t, "ip", "-4", "addr", "show", "dev", "lo"); strings.Contains(addrs, "169.254.10.1") {
+		t.Errorf("listener addresses left after the start limit:\n%s", addrs)
+	}
+	if tables := sb.run(t, "nft", "list", "tables"); strings.Contains(tables, "localdns") {
+		t.Errorf("conntrack-bypass table left after the start limit: %q", tables)
 	}
 }
 
