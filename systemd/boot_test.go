@@ -88,6 +88,11 @@ func TestUnderSystemd(t *testing.T) {
 		}
 	}
 
+	// ReceiveBuffer=8M: the kernel doubles it, for bookkeeping overhead.
+	if mem := sb.run(t, "ss", "-Hulnm", "sport = :53"); strings.Count(mem, "rb16777216") != 2 {
+		t.Errorf("UDP listener receive buffers, want rb16777216 on both:\n%s", mem)
+	}
+
 	// Watchdog: WATCHDOG=1 about every second.
 	var stamps []string
 	for i := 0; i < 4; i++ {
