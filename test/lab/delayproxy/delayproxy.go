@@ -23,7 +23,10 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Delay is the per-query delay model: Base plus an exponential jitter with
@@ -87,6 +90,7 @@ func Start(listen net.PacketConn, to string, sockets int, delay Delay) (*Proxy, 
 			p.closeUpstreams()
 			return nil, fmt.Errorf("delay proxy dial %s: %w", to, err)
 		}
+		ForceReadBuffer(c, 8<<20)
 		p.ups = append(p.ups, &upstream{conn: c})
 	}
 	p.wg.Add(1 + len(p.ups))
@@ -197,4 +201,23 @@ func (p *Proxy) replies(u *upstream) {
 		binary.BigEndian.PutUint16(buf, slot.id)
 		p.listen.WriteTo(buf[:n], slot.client)
 	}
+}
+
+// ForceReadBuffer sets a socket's receive buffer to n bytes, above
+// net.core.rmem_max when privileged (SO_RCVBUFFORCE), else as far as allowed.
+func ForceReadBuffer(c syscall.Conn, n int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n); serr != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }

@@ -33,7 +33,13 @@ type Result struct {
 	Rcodes    map[string]int // responses by rcode name
 	Latencies []time.Duration
 	Elapsed   time.Duration // wall time of the run(s), for QPS
+	// Failures are the first MaxFailures per-query lines that failed
+	// (timed out or answered with an unexpected rcode), for diagnosis.
+	Failures []string
 }
+
+// MaxFailures bounds Result.Failures.
+const MaxFailures = 200
 
 // Expect maps a query name to the rcode a correct answer has.
 type Expect func(qname string) int
@@ -56,6 +62,7 @@ func Parse(r io.Reader, expect Expect) (*Result, error) {
 		res.Sent++
 		if f[0] == "T" {
 			res.Lost++
+			res.fail(line)
 			continue
 		}
 		if len(f) < 4 {
@@ -70,12 +77,20 @@ func Parse(r io.Reader, expect Expect) (*Result, error) {
 		res.Latencies = append(res.Latencies, time.Duration(lat*float64(time.Second)))
 		if rc, ok := dns.StringToRcode[f[0]]; ok && (expect == nil || rc == expect(f[1])) {
 			res.Succeeded++
+		} else {
+			res.fail(line)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read dnsperf output: %w", err)
 	}
 	return res, nil
+}
+
+func (r *Result) fail(line string) {
+	if len(r.Failures) < MaxFailures {
+		r.Failures = append(r.Failures, line)
+	}
 }
 
 // Merge adds o's counts and latencies to r.
@@ -91,6 +106,7 @@ func (r *Result) Merge(o *Result) {
 		r.Rcodes[k] += v
 	}
 	r.Latencies = append(r.Latencies, o.Latencies...)
+	r.Failures = append(r.Failures, o.Failures[:min(len(o.Failures), max(0, MaxFailures-len(r.Failures)))]...)
 	r.Elapsed = max(r.Elapsed, o.Elapsed)
 }
 

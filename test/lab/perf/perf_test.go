@@ -85,3 +85,14 @@ func TestArgs(t *testing.T) {
 		t.Errorf("args\n got %s\nwant %s", got, want)
 	}
 }
+
+func TestFailuresKept(t *testing.T) {
+	r, err := Parse(strings.NewReader(sample), expect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"> SERVFAIL c.example. A 0.000200", "> T d.example. A"}
+	if strings.Join(r.Failures, "|") != strings.Join(want, "|") {
+		t.Errorf("failures %q, want %q", r.Failures, want)
+	}
+}

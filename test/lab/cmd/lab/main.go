@@ -19,7 +19,6 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -95,6 +94,10 @@ func delayProxyCmd(args []string) error {
 	}
 	pc, err := net.ListenPacket("udp", *listen)
 	if err != nil {
+		return err
+	}
+	// A large buffer: the proxy must not be where queries are dropped.
+	if err := delayproxy.ForceReadBuffer(pc.(*net.UDPConn), 8<<20); err != nil {
 		return err
 	}
 	p, err := delayproxy.Start(pc, *to, *sockets, delayproxy.Delay{Base: *base, Jitter: *jitter})
@@ -211,42 +214,13 @@ func probeCmd(args []string) error {
 	server := fs.String("server", "", "server address (host:port)")
 	name := fs.String("name", "", "query name")
 	n := fs.Int("n", 1, "queries")
-	nsid := fs.Bool("nsid", false, "ask for the server's NSID")
 	timeout := fs.Duration("timeout", time.Second, "per-query timeout")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	c := &dns.Client{Timeout: *timeout}
-	var failed int
-	for range *n {
-		m := new(dns.Msg)
-		m.SetQuestion(dns.Fqdn(*name), dns.TypeA)
-		if *nsid {
-			o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
-			o.SetUDPSize(1232)
-			o.Option = append(o.Option, &dns.EDNS0_NSID{Code: dns.EDNS0NSID})
-			m.Extra = append(m.Extra, o)
-		}
-		r, _, err := c.Exchange(m, *server)
-		if err != nil {
-			fmt.Printf("ERROR %v\n", err)
-			failed++
-			continue
-		}
-		id := "-"
-		if o := r.IsEdns0(); o != nil {
-			for _, opt := range o.Option {
-				if e, ok := opt.(*dns.EDNS0_NSID); ok {
-					if b, err := hex.DecodeString(e.Nsid); err == nil {
-						id = string(b)
-					}
-				}
-			}
-		}
-		fmt.Printf("%s %s\n", dns.RcodeToString[r.Rcode], id)
+	as, err := probeDNS(*server, *name, *n, *timeout)
+	for _, a := range as {
+		fmt.Printf("%s %s\n", a.rcode, a.nsid)
 	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d queries to %s failed", failed, *n, *server)
-	}
-	return nil
+	return err
 }
