@@ -9,6 +9,9 @@ import (
 	"sync"
 
 	"github.com/coredns/coredns/core/dnsserver"
+
+	"github.com/localdns/localdns/internal/fastpath"
+	"github.com/localdns/localdns/plugin/frontend"
 )
 
 // socketPair is the UDP and TCP socket of one listener address. They are
@@ -56,7 +59,11 @@ func newSocketOwner(log *slog.Logger, source SocketSource) *socketOwner {
 // Serve starts servers on duplicates of the owned sockets (opening sockets
 // for addresses it has not seen), then stops the previous generation. Both
 // generations read the same kernel socket for a moment, so no query is lost.
-func (o *socketOwner) Serve(servers map[string][]*dnsserver.Server) error {
+func (o *socketOwner) Serve(fs *frontend.Servers) error {
+	servers, err := fs.ByAddress()
+	if err != nil {
+		return err
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	type started struct {
@@ -77,13 +84,14 @@ func (o *socketOwner) Serve(servers map[string][]*dnsserver.Server) error {
 			undo()
 			return err
 		}
+		table := fastpath.NewTable(addr, fs.Configs(addr))
 		for _, srv := range list {
 			pc, ln, err := pair.dup()
 			if err != nil {
 				undo()
 				return fmt.Errorf("duplicate sockets of %s: %w", addr, err)
 			}
-			next = append(next, started{srv, pc, ln})
+			next = append(next, started{srv, fastpath.Wrap(pc, table), ln})
 		}
 	}
 	old := o.current
@@ -126,16 +134,17 @@ func (o *socketOwner) pair(addr string) (*socketPair, error) {
 }
 
 // dup returns new file descriptors for the same kernel sockets.
-func (p *socketPair) dup() (net.PacketConn, net.Listener, error) {
+func (p *socketPair) dup() (*net.UDPConn, net.Listener, error) {
 	uf, err := p.udp.File()
 	if err != nil {
 		return nil, nil, err
 	}
 	defer uf.Close()
-	pc, err := net.FilePacketConn(uf)
+	fpc, err := net.FilePacketConn(uf)
 	if err != nil {
 		return nil, nil, err
 	}
+	pc := fpc.(*net.UDPConn)
 	tf, err := p.tcp.File()
 	if err != nil {
 		pc.Close()

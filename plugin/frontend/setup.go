@@ -23,6 +23,8 @@ package frontend
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"strings"
 	"sync"
 
@@ -41,7 +43,7 @@ type Key struct{}
 // Owner serves built servers on the sockets it owns. Serve starts the given
 // generation and retires the one it served before.
 type Owner interface {
-	Serve(servers map[string][]*dnsserver.Server) error
+	Serve(servers *Servers) error
 }
 
 // Servers are the servers of one caddy instance, keyed by their real
@@ -51,23 +53,34 @@ type Servers struct {
 	parked     map[*dnsserver.Config]string // config -> real port
 	built      bool
 	servers    map[string][]*dnsserver.Server
+	configs    map[string][]*dnsserver.Config // by real "ip:port"
 	err        error
 	owner      Owner
 	restarting bool
 }
 
+// Configs returns the server block configs served on addr ("ip:port"), so a
+// front end can answer from the blocks' caches without the plugin chain.
+func (s *Servers) Configs(addr string) []*dnsserver.Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.configs[addr]
+}
+
 // Attach hands the servers to owner and remembers it for the next reload.
 func (s *Servers) Attach(owner Owner) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !s.built || s.err != nil {
+		s.mu.Unlock()
 		return fmt.Errorf("frontend: cannot attach: servers not built: %v", s.err)
 	}
 	if s.owner == owner {
+		s.mu.Unlock()
 		return nil // already handed over during the reload that built us
 	}
 	s.owner = owner
-	return owner.Serve(s.servers)
+	s.mu.Unlock()
+	return owner.Serve(s) // Serve reads the servers through the locked accessors
 }
 
 // PrepareRestart marks this instance as the one being replaced by the next
@@ -128,8 +141,16 @@ func (s *Servers) build(c *caddy.Controller) error {
 		return s.err
 	}
 	s.built = true
+	s.configs = map[string][]*dnsserver.Config{}
 	for cfg, port := range s.parked {
 		cfg.Port = port
+		for _, h := range cfg.ListenHosts {
+			addr := net.JoinHostPort(h, port)
+			if ap, err := netip.ParseAddrPort(addr); err == nil {
+				addr = ap.String() // the form dnsserver uses for server addresses
+			}
+			s.configs[addr] = append(s.configs[addr], cfg)
+		}
 	}
 	list, err := c.Context().MakeServers()
 	if err != nil {
@@ -156,7 +177,11 @@ func (s *Servers) build(c *caddy.Controller) error {
 		prev.restarting = false
 		prev.mu.Unlock()
 		if owner != nil {
-			if err := owner.Serve(s.servers); err != nil {
+			// Serve calls ByAddress and Configs, which take the lock.
+			s.mu.Unlock()
+			err := owner.Serve(s)
+			s.mu.Lock()
+			if err != nil {
 				s.err = fmt.Errorf("frontend: hand over on reload: %w", err)
 				return s.err
 			}

@@ -1,0 +1,195 @@
+// Package fastpath answers cache hits at the socket, before CoreDNS's server.
+//
+// CoreDNS's server (miekg/dns) costs, per query: a goroutine, an unpack into
+// a dns.Msg, a walk down the plugin chain, and a pack of the answer. For a
+// cache hit none of that is needed: the answer is already stored as wire
+// bytes (plugin/nodecache). Conn wraps a listener's UDP socket and is handed
+// to dnsserver.Server.ServePacket in its place; its ReadFrom answers every
+// query the cache can answer fresh, in place, and returns only the rest to
+// the server, which runs them through the plugin chain as usual.
+//
+// What is skipped for a fast-path answer, and why that is safe: the chain
+// above the cache (errors, log, junk, template) never answers a name the
+// cache holds, because those answers are not cached; a block with per-query
+// logging (queryLogging: Log) is never fast-pathed; and the answer is
+// counted in localdns_fastpath_answers_total and in the cache's hit counter,
+// since CoreDNS's request counters never see it.
+package fastpath
+
+import (
+	"net"
+	"strings"
+
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// WireAnswerer is implemented by a cache plugin that can answer a raw query
+// from stored wire bytes. AnswerWire writes the full answer into out and
+// returns its length, or 0 when the query must go through the plugin chain
+// (a miss, a stale entry, an entry due for prefetch, anything unusual).
+type WireAnswerer interface {
+	AnswerWire(query []byte, tcp bool, out []byte) int
+}
+
+// answers counts queries answered here; CoreDNS's request counters do not
+// see them. Package-level like every CoreDNS plugin's metrics.
+var answers = promauto.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "localdns",
+	Subsystem: "fastpath",
+	Name:      "answers_total",
+	Help:      "Queries answered from the cache at the socket, before the CoreDNS plugin chain.",
+}, []string{"server"})
+
+// Table maps the zones served on one listener address to the cache that
+// answers for each.
+type Table struct {
+	zones   map[string]WireAnswerer // lower-case, trailing dot; nil: never fast-path
+	maxDots int
+	counter prometheus.Counter
+}
+
+// NewTable builds the table for the server blocks served on addr. It returns
+// nil when no block can be fast-pathed.
+func NewTable(addr string, configs []*dnsserver.Config) *Table {
+	t := &Table{zones: map[string]WireAnswerer{}, counter: answers.WithLabelValues("dns://" + addr)}
+	any := false
+	for _, cfg := range configs {
+		zone := strings.ToLower(cfg.Zone)
+		var wa WireAnswerer
+		if cfg.Handler("log") == nil {
+			if h, ok := cfg.Handler("nodecache").(WireAnswerer); ok {
+				wa, any = h, true
+			}
+		}
+		t.zones[zone] = wa
+		if n := strings.Count(zone, "."); n > t.maxDots {
+			t.maxDots = n
+		}
+	}
+	if !any {
+		return nil
+	}
+	return t
+}
+
+// Answer writes the answer to query into out and returns its length, or 0.
+func (t *Table) Answer(query []byte, tcp bool, out []byte) int {
+	var name [256]byte
+	n, ok := lowerQName(query, name[:])
+	if !ok {
+		return 0
+	}
+	wa := t.match(name[:n])
+	if wa == nil {
+		return 0
+	}
+	m := wa.AnswerWire(query, tcp, out)
+	if m > 0 {
+		t.counter.Inc()
+	}
+	return m
+}
+
+// match finds the block of the longest zone that name ("a.b.c.") is in.
+func (t *Table) match(name []byte) WireAnswerer {
+	for i := 0; i < len(name); {
+		if wa, ok := t.zones[string(name[i:])]; ok {
+			return wa
+		}
+		j := indexByte(name[i:], '.')
+		if j < 0 {
+			break
+		}
+		i += j + 1
+	}
+	return t.zones["."]
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// lowerQName copies the question name of a one-question query, lower-cased
+// and in presentation form without escapes ("a.b."), into buf. Names with
+// compression, escapes-worthy bytes (dots inside labels) or more than one
+// question are left to the plugin chain.
+func lowerQName(q []byte, buf []byte) (int, bool) {
+	if len(q) < 12+5 || q[4] != 0 || q[5] != 1 { // QDCOUNT must be 1
+		return 0, false
+	}
+	off, n := 12, 0
+	for {
+		if off >= len(q) {
+			return 0, false
+		}
+		l := int(q[off])
+		off++
+		if l == 0 {
+			break
+		}
+		if l > 63 || off+l > len(q) || n+l+1 > len(buf) {
+			return 0, false
+		}
+		for _, c := range q[off : off+l] {
+			if c == '.' {
+				return 0, false
+			}
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			buf[n] = c
+			n++
+		}
+		buf[n] = '.'
+		n++
+		off += l
+	}
+	if n == 0 {
+		buf[0] = '.'
+		n = 1
+	}
+	return n, true
+}
+
+// Conn is a listener's UDP socket with the fast path in front: ReadFrom
+// answers what the cache can and returns the other queries to the caller
+// (the CoreDNS server's read loop).
+type Conn struct {
+	*net.UDPConn
+	table *Table
+	out   []byte
+}
+
+// Wrap puts the fast path in front of pc; with a nil table it returns pc.
+func Wrap(pc *net.UDPConn, table *Table) net.PacketConn {
+	if table == nil {
+		return pc
+	}
+	return &Conn{UDPConn: pc, table: table, out: make([]byte, 65535)}
+}
+
+// ReadFrom implements net.PacketConn. It is called from one goroutine (the
+// server's read loop), so the answer buffer needs no lock.
+func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
+	for {
+		n, from, err := c.UDPConn.ReadFromUDPAddrPort(p)
+		if err != nil {
+			return n, nil, err
+		}
+		if m := c.table.Answer(p[:n], false, c.out); m > 0 {
+			if _, err := c.UDPConn.WriteToUDPAddrPort(c.out[:m], from); err == nil {
+				continue
+			}
+			// A failed write (e.g. EAGAIN on a full send buffer): let the
+			// server answer it the slow way rather than dropping it.
+		}
+		return n, net.UDPAddrFromAddrPort(from), nil
+	}
+}
