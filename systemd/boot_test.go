@@ -160,12 +160,13 @@ func TestUnderSystemd(t *testing.T) {
 	}
 
 	// Crash loop: start again, then make every start fail (a test drop-in
-	// adds ExecStartPre=/bin/false) and kill the daemon. After
+	// adds ExecStartPre=/bin/false, and RestartSec=200ms to get there
+	// sooner) and kill the daemon. After
 	// StartLimitBurst starts the service gives up, the socket fails with it,
 	// and the socket's teardown removes addresses and rules.
 	sb.run(t, "systemctl", "start", "localdns.socket", "localdns.service")
 	sb.waitActive(t, 20*time.Second)
-	write(t, filepath.Join(sb.root, "units/localdns.service.d/zz-fail.conf"), "[Service]\nExecStartPre=/bin/false\n")
+	write(t, filepath.Join(sb.root, "units/localdns.service.d/zz-fail.conf"), "[Service]\nExecStartPre=/bin/false\nRestartSec=200ms\n")
 	sb.run(t, "systemctl", "daemon-reload")
 	sb.run(t, "kill", "-KILL", sb.show(t, "localdns.service", "MainPID"))
 	start = time.Now()
