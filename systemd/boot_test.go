@@ -57,7 +57,7 @@ func TestUnderSystemd(t *testing.T) {
 	sb.boot(t)
 
 	// Start-up: READY=1 turns the unit active; STATUS= is shown.
-	sb.waitActive(t, 30*time.Second)
+	sb.waitActive(t, 20*time.Second)
 	if status := sb.show(t, "localdns.service", "StatusText"); !strings.HasPrefix(status, "serving ") {
 		t.Errorf("StatusText = %q, want the daemon's READY status", status)
 	}
