@@ -11,16 +11,19 @@ import (
 )
 
 // healthKey identifies one health-checked upstream. Server blocks of one
-// CoreDNS instance that name the same upstream in the same group with the
-// same check settings share one health state: one probe stream per upstream
-// instead of one per block, and one unambiguous healthy gauge.
-type healthKey struct {
-	group, addr string
-	tcp         bool
-	interval    time.Duration
-	noRec       bool
-	domain      string
-	maxfails    uint32
+// CoreDNS instance that name the same upstream in the same group share one
+// health state: one probe stream per upstream instead of one per block, and
+// one unambiguous healthy gauge series.
+type healthKey struct{ group, addr string }
+
+// healthSettings are how an upstream is checked. The first block that names
+// an upstream sets them; a later block that differs gets a warning.
+type healthSettings struct {
+	tcp      bool
+	interval time.Duration
+	noRec    bool
+	domain   string
+	maxfails uint32
 }
 
 // health is the state of one upstream as seen by its health checks and by
@@ -28,7 +31,8 @@ type healthKey struct {
 // for queries (each block has its own proxy for those).
 type health struct {
 	key healthKey
-	p   *proxy.Proxy
+	healthSettings
+	p *proxy.Proxy
 
 	// fails counts failed checks in a row. Unlike the proxy's own counter,
 	// a real query that gets an answer resets it too: behind a service IP
@@ -48,7 +52,7 @@ type health struct {
 // down reports whether the upstream failed more than maxfails checks in a
 // row, with no answered query in between; never with maxfails 0.
 func (h *health) down() bool {
-	return h.key.maxfails > 0 && h.fails.Load() > h.key.maxfails
+	return h.maxfails > 0 && h.fails.Load() > h.maxfails
 }
 
 // answered records that a real query got an answer.
@@ -72,7 +76,7 @@ func (h *health) checkSoon() {
 // answer within the interval.
 func (h *health) loop(ctx context.Context) {
 	h.check()
-	t := time.NewTicker(h.key.interval)
+	t := time.NewTicker(h.interval)
 	defer t.Stop()
 	for {
 		select {
@@ -81,7 +85,7 @@ func (h *health) loop(ctx context.Context) {
 		case <-t.C:
 		case <-h.kick:
 		}
-		if h.fails.Load() == 0 && time.Since(time.Unix(0, h.lastOK.Load())) < h.key.interval {
+		if h.fails.Load() == 0 && time.Since(time.Unix(0, h.lastOK.Load())) < h.interval {
 			h.publish()
 			continue
 		}
@@ -141,19 +145,23 @@ func healthSetOf(c *caddy.Controller) *healthSet {
 	return hs
 }
 
-// get returns the health state for k, creating it on first use.
-func (hs *healthSet) get(k healthKey) *health {
+// get returns the health state for k, creating it with settings hs on first
+// use.
+func (hs *healthSet) get(k healthKey, set healthSettings) *health {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	if h, ok := hs.entries[k]; ok {
+		if h.healthSettings != set {
+			log.Warningf("Upstream %s (%s) is used with different health settings; checking it with those of its first block (%+v)", k.addr, k.group, h.healthSettings)
+		}
 		return h
 	}
-	h := &health{key: k, p: proxy.NewProxy(pluginName, k.addr, "dns"), kick: make(chan struct{}, 1)}
+	h := &health{key: k, healthSettings: set, p: proxy.NewProxy(pluginName, k.addr, "dns"), kick: make(chan struct{}, 1)}
 	h.healthy.Store(true)
 	hc := h.p.GetHealthchecker()
-	hc.SetRecursionDesired(!k.noRec)
-	hc.SetDomain(k.domain)
-	if k.tcp {
+	hc.SetRecursionDesired(!set.noRec)
+	hc.SetDomain(set.domain)
+	if set.tcp {
 		hc.SetTCPTransport()
 	}
 	hs.entries[k] = h

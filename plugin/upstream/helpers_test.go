@@ -32,7 +32,7 @@ type fakeUpstream struct {
 	nxZones []string
 
 	silent   atomic.Bool
-	badProbe atomic.Bool // answer health probes with garbage
+	badProbe atomic.Bool                   // answer health probes with garbage
 	truncate atomic.Bool                   // answer UDP queries with TC set and no answer
 	hold     atomic.Pointer[chan struct{}] // when set, queries wait for it to close
 

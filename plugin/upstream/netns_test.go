@@ -2,6 +2,7 @@ package upstream_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -94,7 +95,9 @@ func TestSpreadAndFailoverNetns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	child := exec.Command("ip", "netns", "exec", node, self, "-test.run", "^TestSpreadAndFailoverNetns$", "-test.v", "-test.count=1")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	child := exec.CommandContext(ctx, "ip", "netns", "exec", node, self, "-test.run", "^TestSpreadAndFailoverNetns$", "-test.v", "-test.count=1", "-test.timeout=60s")
 	child.Env = append(os.Environ(), envChild+"="+be)
 	var out bytes.Buffer
 	child.Stdout, child.Stderr = &out, &out

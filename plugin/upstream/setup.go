@@ -110,9 +110,7 @@ func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol polic
 			p:     proxy.NewProxy(pluginName, addr, "dns"),
 			group: name,
 			addr:  addr,
-			h: hs.get(healthKey{
-				group:    name,
-				addr:     addr,
+			h: hs.get(healthKey{group: name, addr: addr}, healthSettings{
 				tcp:      cfg.forceTCP,
 				interval: cfg.hcInterval,
 				noRec:    cfg.hcNoRec,
@@ -149,7 +147,7 @@ func (u *Upstream) groups() []*group {
 func (u *Upstream) start() {
 	for _, g := range u.groups() {
 		for _, m := range g.members {
-			m.p.Start(m.h.key.interval) // the probe interval is unused: health runs in m.h
+			m.p.Start(m.h.interval) // the probe interval is unused: health runs in m.h
 		}
 	}
 }
