@@ -143,6 +143,7 @@ type Run struct {
 	Clients  int           // -c: sockets
 	Outstand int           // -q: max outstanding queries
 	Timeout  time.Duration // -t
+	BufferKB int           // -b: socket buffers, so a briefly starved dnsperf does not drop answers
 }
 
 // Args returns the command line (ip netns exec ... dnsperf ...).
@@ -168,6 +169,9 @@ func (r Run) Args() []string {
 	}
 	if r.Timeout > 0 {
 		args = append(args, "-t", strconv.Itoa(int(math.Ceil(r.Timeout.Seconds()))))
+	}
+	if r.BufferKB > 0 {
+		args = append(args, "-b", strconv.Itoa(r.BufferKB))
 	}
 	return args
 }

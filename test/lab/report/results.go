@@ -27,6 +27,9 @@ type Phase struct {
 	Hits     float64   // localdns cache hits
 	Misses   float64   // localdns cache misses
 	Stale    float64   // stale answers localdns served
+
+	MachineBusy float64 // share of the machine's CPU busy during the phase (lab included)
+	LoadAvg     float64 // 1-minute load average at the end of the phase
 }
 
 // FromResult fills the dnsperf side of a phase.

@@ -534,7 +534,7 @@ func waitFor(timeout time.Duration, f func() error) error {
 // having been seen, and a miss storm on a loaded machine can lose a few.
 func (l *lab) dnsperfWarm(server string) (*perf.Result, error) {
 	run := perf.Run{Netns: topo.Pod1, Server: server, Data: l.data["warm"][0], Once: true, QPS: warmQPS,
-		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second}
+		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second, BufferKB: dnsperfBufferKB}
 	total := &perf.Result{}
 	for pass := 1; ; pass++ {
 		res, err := perf.RunAll([]perf.Run{run}, workload.Expected)
@@ -552,6 +552,10 @@ func (l *lab) dnsperfWarm(server string) (*perf.Result, error) {
 	}
 }
 
+// dnsperfBufferKB is dnsperf's socket buffer size: large, so the client is
+// not where answers are dropped when it misses a time slice.
+const dnsperfBufferKB = 4096
+
 // warmQPS is the warm-up rate: every query of the warm-up is a miss that
 // goes to CoreDNS and possibly on to the external resolver.
 const warmQPS = 3000
@@ -561,7 +565,7 @@ func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) [
 	var runs []perf.Run
 	for i, p := range topo.Pods {
 		runs = append(runs, perf.Run{Netns: p.Netns, Server: server, Data: l.data[key][i], QPS: l.v.qps / len(topo.Pods),
-			Duration: d, Clients: l.v.clients, Outstand: 10000, Timeout: timeout})
+			Duration: d, Clients: l.v.clients, Outstand: 10000, Timeout: timeout, BufferKB: dnsperfBufferKB})
 	}
 	return runs
 }
@@ -704,6 +708,7 @@ func (l *lab) localdnsPID() (int, error) {
 
 // counters are the servers' cumulative counters at one moment.
 type counters struct {
+	cpu     cpuTimes
 	coredns []float64
 	ext     float64
 	hits    float64
@@ -712,7 +717,7 @@ type counters struct {
 }
 
 func (l *lab) counters() counters {
-	var c counters
+	c := counters{cpu: readCPU()}
 	for _, p := range topo.CoreDNSPods {
 		c.coredns = append(c.coredns, metricSum(l.fetch(p.Netns, "127.0.0.1:9153"), "coredns_dns_requests_total"))
 	}
@@ -734,6 +739,8 @@ func (l *lab) withCounters(p report.Phase, before, after counters) report.Phase 
 	p.Hits = after.hits - before.hits
 	p.Misses = after.misses - before.misses
 	p.Stale = after.stale - before.stale
+	p.MachineBusy = after.cpu.busySince(before.cpu)
+	p.LoadAvg = loadAvg()
 	return p
 }
 
@@ -796,4 +803,48 @@ func kernel() string {
 		return "unknown kernel"
 	}
 	return "Linux " + strings.TrimSpace(string(out))
+}
+
+// cpuTimes are the machine's cumulative CPU times from /proc/stat.
+type cpuTimes struct{ busy, total float64 }
+
+func readCPU() cpuTimes {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var t cpuTimes
+	for i, v := range f[1:] {
+		x, _ := strconv.ParseFloat(v, 64)
+		if i >= 8 { // guest times are already in user/nice
+			break
+		}
+		t.total += x
+		if i != 3 && i != 4 {
+			t.busy += x
+		}
+	}
+	return t
+}
+
+// busySince is the share of the machine's CPU time that was busy since b,
+// the lab's own processes included.
+func (a cpuTimes) busySince(b cpuTimes) float64 {
+	if a.total <= b.total {
+		return 0
+	}
+	return (a.busy - b.busy) / (a.total - b.total)
+}
+
+// loadAvg is the machine's 1-minute load average.
+func loadAvg() float64 {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
