@@ -83,6 +83,7 @@ type Settings struct {
 	ExternalTTL      int
 	OutageDuration   time.Duration
 	Restarts         int
+	ReceiveBuffer    int    // bytes, as ReceiveBuffer= of localdns.socket (the kernel doubles it)
 	SocketActivation bool   // localdns took the held sockets
 	ActivationNote   string // why not, if not
 	LocalDNSVersion  string

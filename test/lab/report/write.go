@@ -123,7 +123,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 		"%d timed out; localdns served %.0f stale answers; p99 %s, max %s; rcodes %s.\n\n",
 		s.OutageDuration, o.Succeeded, o.Sent, 100*o.SuccessRate(), o.Lost, o.Stale, fmtDur(o.P99), fmtDur(o.Max), fmtCounts(o.Rcodes))
 	rs := r.Restart
-	how := "with socket activation: the harness holds both listeners' UDP and TCP sockets as localdns.socket does and restarts localdns on them (SIGTERM, wait, start)"
+	how := fmt.Sprintf("with socket activation: the harness holds both listeners' UDP and TCP sockets as localdns.socket does (FreeBind, ReceiveBuffer=%dM as in the unit) and restarts localdns on them as systemd does (SIGTERM, wait for exit, start)", s.ReceiveBuffer>>20)
 	if !s.SocketActivation {
 		how = "**without socket activation** (" + s.ActivationNote + "): stop, then start, localdns binding its own sockets"
 	}

@@ -199,3 +199,37 @@ func (s *Supervisor) Close() {
 	}
 	s.files = nil
 }
+
+// UnitReceiveBuffer returns the ReceiveBuffer= of a systemd socket unit in
+// bytes (systemd's 1024-based K, M, G suffixes), so the lab holds its sockets
+// the way the shipped localdns.socket does. It returns 0 when the unit sets
+// none.
+func UnitReceiveBuffer(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("socket unit: %w", err)
+	}
+	size := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || strings.TrimSpace(k) != "ReceiveBuffer" {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		mult := 1
+		switch {
+		case strings.HasSuffix(v, "K"):
+			mult, v = 1<<10, strings.TrimSuffix(v, "K")
+		case strings.HasSuffix(v, "M"):
+			mult, v = 1<<20, strings.TrimSuffix(v, "M")
+		case strings.HasSuffix(v, "G"):
+			mult, v = 1<<30, strings.TrimSuffix(v, "G")
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return 0, fmt.Errorf("%s: ReceiveBuffer=%s: %w", path, v, err)
+		}
+		size = n * mult
+	}
+	return size, nil
+}

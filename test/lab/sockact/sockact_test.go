@@ -95,3 +95,24 @@ with open(sys.argv[1], "a") as f:
 		}
 	}
 }
+
+func TestUnitReceiveBuffer(t *testing.T) {
+	dir := t.TempDir()
+	for unit, want := range map[string]int{
+		"[Socket]\nListenDatagram=1.2.3.4:53\nReceiveBuffer=8M\n": 8 << 20,
+		"[Socket]\nReceiveBuffer = 512K\n":                        512 << 10,
+		"[Socket]\nReceiveBuffer=65536\n":                         65536,
+		"[Socket]\nListenDatagram=1.2.3.4:53\n":                   0,
+	} {
+		path := filepath.Join(dir, "x.socket")
+		os.WriteFile(path, []byte(unit), 0o644)
+		if got, err := UnitReceiveBuffer(path); err != nil || got != want {
+			t.Errorf("%q: got %d %v, want %d", unit, got, err, want)
+		}
+	}
+	path := filepath.Join(dir, "bad.socket")
+	os.WriteFile(path, []byte("ReceiveBuffer=lots\n"), 0o644)
+	if _, err := UnitReceiveBuffer(path); err == nil {
+		t.Error("bad size accepted")
+	}
+}

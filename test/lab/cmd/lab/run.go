@@ -17,6 +17,7 @@ import (
 
 	"github.com/localdns/localdns/test/lab/perf"
 	"github.com/localdns/localdns/test/lab/report"
+	"github.com/localdns/localdns/test/lab/sockact"
 	"github.com/localdns/localdns/test/lab/topo"
 	"github.com/localdns/localdns/test/lab/workload"
 )
@@ -74,6 +75,7 @@ type lab struct {
 	res     *report.Results
 	data    map[string][]string // data files per purpose, one per pod
 	upOnly  bool                // stop after starting everything (lab up)
+	rcvbuf  int                 // ReceiveBuffer= of the socket unit the harness mimics
 }
 
 func runCmd(args []string) error {
@@ -83,6 +85,7 @@ func runCmd(args []string) error {
 	bin := fs.String("bin", "bin", "directory holding localdns and coredns-stock")
 	keep := fs.Bool("keep", false, "keep the scratch directory (logs, data files)")
 	nice := fs.Int("nice", -10, "nice value of the lab and every process it starts (servers, localdns, dnsperf); 0 leaves it")
+	unit := fs.String("socket-unit", "systemd/localdns.socket", "socket unit whose ReceiveBuffer= the harness uses")
 	up := fs.Bool("up", false, "only build the lab and start every server, then wait for SIGINT (for poking around)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -127,7 +130,11 @@ func runCmd(args []string) error {
 	} else {
 		logf("scratch directory %s kept", dir)
 	}
-	l := &lab{v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up}
+	rcvbuf, err := sockact.UnitReceiveBuffer(*unit)
+	if err != nil {
+		return err
+	}
+	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up}
 
 	// One lab at a time: a second run would tear down the first's network.
 	lock, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
@@ -227,7 +234,7 @@ func (l *lab) run() error {
 			ExternalDelay:  fmt.Sprintf("%v fixed + exponential jitter with mean %v, per query (in the external resolver)", v.extBase, v.extJitter),
 			ClusterTTL:     v.clusterTTL,
 			ExternalTTL:    v.externalTTL,
-			OutageDuration: v.outage, Restarts: len(v.restartAt),
+			OutageDuration: v.outage, Restarts: len(v.restartAt), ReceiveBuffer: l.rcvbuf,
 			LocalDNSVersion: firstLine(exec.Command(filepath.Join(l.bin, "localdns"), "version").Output()),
 			CoreDNSVersion:  firstLine(exec.Command(filepath.Join(l.bin, "coredns-stock"), "-version").Output()),
 			DNSPerfVersion:  dnsperfVersion(),
@@ -468,6 +475,7 @@ func (l *lab) startLocalDNS() error {
 		listens = append(listens, "-listen", "udp:"+a+":53", "-listen", "tcp:"+a+":53")
 	}
 	argv := []string{"--", filepath.Join(l.bin, "localdns"), "run", "--config", profile}
+	listens = append(listens, "-rcvbuf", strconv.Itoa(l.rcvbuf))
 	p, err := l.procs.start("localdns", topo.Node, append(append([]string{l.self, "sockact"}, listens...), argv...)...)
 	if err != nil {
 		return err
