@@ -19,8 +19,8 @@ const (
 	exchangeTimeout = 5 * time.Second
 	// attemptsPerUpstream is how often one query may try each healthy
 	// upstream of a group, as forward's defaultConnectAttemptsPerUpstream.
-	// With spread on, a second try to a service IP goes out on a new flow
-	// and so, most likely, to another backend.
+	// With "spread query", a second try to a service IP goes out on a new
+	// flow and so, most likely, to another backend.
 	attemptsPerUpstream = 2
 )
 
