@@ -485,3 +485,25 @@ func udpIn(t *testing.T, ns, addr string) *net.UDPConn {
 }
 
 var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+
+// udpStats reads the Udp counters of /proc/net/snmp in ns (InErrors,
+// RcvbufErrors, NoPorts, ...).
+func udpStats(t *testing.T, ns string) map[string]int {
+	t.Helper()
+	var names, values []string
+	for _, line := range strings.Split(inNS(t, ns, "cat", "/proc/net/snmp"), "\n") {
+		if !strings.HasPrefix(line, "Udp: ") {
+			continue
+		}
+		if names == nil {
+			names = strings.Fields(line)[1:]
+		} else {
+			values = strings.Fields(line)[1:]
+		}
+	}
+	out := map[string]int{}
+	for i := range min(len(names), len(values)) {
+		out[names[i]], _ = strconv.Atoi(values[i])
+	}
+	return out
+}
