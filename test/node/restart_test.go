@@ -106,7 +106,7 @@ func (u *socketUnit) start(t *testing.T, ns, cfg string) *proc {
 
 // dnsperfResult is what dnsperf reports.
 type dnsperfResult struct {
-	sent, completed, lost int
+	sent, completed, lost  int
 	avgLatency, maxLatency time.Duration
 	output                 string
 }
