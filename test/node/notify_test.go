@@ -1,0 +1,225 @@
+package node
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// notification is one datagram localdns sent to NOTIFY_SOCKET.
+type notification struct {
+	at    time.Time
+	lines []string
+}
+
+func (n notification) has(line string) bool { return slices.Contains(n.lines, line) }
+
+// notifySocket is the test's stand-in for systemd's notification socket.
+type notifySocket struct {
+	path string
+	ch   chan notification
+}
+
+func openNotifySocket(t *testing.T) *notifySocket {
+	t.Helper()
+	// A short path: sun_path holds 108 bytes, t.TempDir() can be longer.
+	dir, err := os.MkdirTemp("", "ldnotify")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &notifySocket{path: filepath.Join(dir, "notify"), ch: make(chan notification, 4096)}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(s.ch)
+				return
+			}
+			s.ch <- notification{at: time.Now(), lines: strings.Split(strings.TrimSpace(string(buf[:n])), "\n")}
+		}
+	}()
+	return s
+}
+
+// collect returns every notification that arrives within d.
+func (s *notifySocket) collect(d time.Duration) []notification {
+	var out []notification
+	timeout := time.After(d)
+	for {
+		select {
+		case n, ok := <-s.ch:
+			if !ok {
+				return out
+			}
+			out = append(out, n)
+		case <-timeout:
+			return out
+		}
+	}
+}
+
+// next waits up to d for a notification carrying line and returns it and
+// the ones before it.
+func (s *notifySocket) next(line string, d time.Duration) (notification, []notification, bool) {
+	var before []notification
+	timeout := time.After(d)
+	for {
+		select {
+		case n, ok := <-s.ch:
+			if !ok {
+				return notification{}, before, false
+			}
+			if n.has(line) {
+				return n, before, true
+			}
+			before = append(before, n)
+		case <-timeout:
+			return notification{}, before, false
+		}
+	}
+}
+
+func count(ns []notification, line string) int {
+	c := 0
+	for _, n := range ns {
+		if n.has(line) {
+			c++
+		}
+	}
+	return c
+}
+
+// intervals summarises the gaps between consecutive pings.
+func intervals(ns []notification) (lo, avg, hi time.Duration) {
+	var at []time.Time
+	for _, n := range ns {
+		if n.has("WATCHDOG=1") {
+			at = append(at, n.at)
+		}
+	}
+	if len(at) < 2 {
+		return 0, 0, 0
+	}
+	lo = time.Hour
+	for i := 1; i < len(at); i++ {
+		g := at[i].Sub(at[i-1])
+		lo, hi = min(lo, g), max(hi, g)
+	}
+	return lo, at[len(at)-1].Sub(at[0]) / time.Duration(len(at)-1), hi
+}
+
+// TestNotifyReadinessAndWatchdog runs the binary with a NOTIFY_SOCKET the
+// test reads and WATCHDOG_USEC=1s (a ping every 200 ms): READY=1 comes once
+// the listeners answer, WATCHDOG=1 only while the self-probe passes (not
+// while an nftables rule drops the cluster listener's DNS, again once it is
+// gone, and still with every upstream down), and STOPPING=1 last on SIGTERM.
+func TestNotifyReadinessAndWatchdog(t *testing.T) {
+	const watchdog = time.Second
+	node := newNS(t, "node")
+	up := startUpstreams(t, node)
+	cfg := newProfile(t, up).write(t)
+	sock := openNotifySocket(t)
+
+	d := startRun(t, node, cfg, runOpts{env: []string{"NOTIFY_SOCKET=" + sock.path, "WATCHDOG_USEC=" + strconv.FormatInt(watchdog.Microseconds(), 10)}})
+	started := time.Now()
+	ready, before, ok := sock.next("READY=1", 15*time.Second)
+	if !ok {
+		t.Fatalf("no READY=1 within 15s (got %v); log:\n%s", before, d.Log())
+	}
+	// The moment READY=1 arrives, both listeners answer and the bypass is in.
+	for _, l := range []string{nodeListener, clusterListener} {
+		for _, network := range []string{"udp", "tcp"} {
+			if !answered(t, node, network, l+":53", time.Second) {
+				t.Errorf("READY=1 sent, but %s/%s does not answer", l, network)
+			}
+		}
+	}
+	if !hasTable(t, node) {
+		t.Errorf("READY=1 sent before the conntrack bypass table was installed")
+	}
+	if n := count(before, "WATCHDOG=1"); n != 0 {
+		t.Errorf("%d WATCHDOG=1 before READY=1", n)
+	}
+	t.Logf("READY=1 %s after start: %q", ready.at.Sub(started).Round(time.Millisecond), ready.lines)
+
+	healthy := sock.collect(1500 * time.Millisecond)
+	lo, avg, hi := intervals(healthy)
+	t.Logf("healthy: %d WATCHDOG=1 in 1.5s, interval min %s avg %s max %s (WATCHDOG_USEC %s)", count(healthy, "WATCHDOG=1"), lo.Round(time.Millisecond), avg.Round(time.Millisecond), hi.Round(time.Millisecond), watchdog)
+	if n := count(healthy, "WATCHDOG=1"); n < 4 {
+		t.Errorf("%d WATCHDOG=1 in 1.5s with the probe passing, want about 7 (every %s)", n, watchdog/5)
+	}
+	if hi > watchdog/2 {
+		t.Errorf("longest gap between pings %s with the probe passing, want at most %s", hi, watchdog/2)
+	}
+
+	// The cluster listener stops answering: drop its DNS in the node's
+	// output hook, before our raw-priority chains.
+	inNS(t, node, "nft", "add table inet ldblock; add chain inet ldblock out { type filter hook output priority -400; }; "+
+		"add rule inet ldblock out ip daddr "+clusterListener+" udp dport 53 drop; add rule inet ldblock out ip daddr "+clusterListener+" tcp dport 53 drop")
+	blocked := time.Now()
+	settle := sock.collect(500 * time.Millisecond) // a probe may have passed just before
+	var lastPing time.Time
+	for _, n := range settle {
+		if n.has("WATCHDOG=1") {
+			lastPing = n.at
+		}
+	}
+	failing := sock.collect(2 * time.Second)
+	if n := count(failing, "WATCHDOG=1"); n != 0 {
+		t.Errorf("%d WATCHDOG=1 while %s:53 was blocked", n, clusterListener)
+	}
+	if !lastPing.IsZero() {
+		t.Logf("blocked: last WATCHDOG=1 %s after the drop rule went in, none in the next %s", lastPing.Sub(blocked).Round(time.Millisecond), 2*time.Second)
+	} else {
+		t.Logf("blocked: no WATCHDOG=1 after the drop rule went in")
+	}
+	if !strings.Contains(d.Log(), "withholding WATCHDOG=1") {
+		t.Errorf("no log line about the failed watchdog probe")
+	}
+
+	inNS(t, node, "nft", "delete", "table", "inet", "ldblock")
+	unblocked := time.Now()
+	ping, _, ok := sock.next("WATCHDOG=1", 2*time.Second)
+	if !ok {
+		t.Fatalf("no WATCHDOG=1 within 2s after the drop rule was removed")
+	}
+	t.Logf("unblocked: first WATCHDOG=1 %s after the drop rule was removed", ping.at.Sub(unblocked).Round(time.Millisecond))
+
+	// Every upstream down: the probe zone is answered locally, pings go on.
+	up.cluster.Stop()
+	up.vnet.Stop()
+	down := sock.collect(1500 * time.Millisecond)
+	lo, avg, hi = intervals(down)
+	t.Logf("upstreams down: %d WATCHDOG=1 in 1.5s, interval min %s avg %s max %s", count(down, "WATCHDOG=1"), lo.Round(time.Millisecond), avg.Round(time.Millisecond), hi.Round(time.Millisecond))
+	if n := count(down, "WATCHDOG=1"); n < 4 {
+		t.Errorf("%d WATCHDOG=1 in 1.5s with every upstream down, want about 7", n)
+	}
+
+	d.signal(t, syscall.SIGTERM)
+	stopping, _, ok := sock.next("STOPPING=1", 5*time.Second)
+	if !ok {
+		t.Fatalf("no STOPPING=1 within 5s of SIGTERM; log:\n%s", d.Log())
+	}
+	code, exited := d.wait(10 * time.Second)
+	if !exited || code != 0 {
+		t.Fatalf("after SIGTERM: exited %t, code %d", exited, code)
+	}
+	after := sock.collect(100 * time.Millisecond)
+	if n := count(after, "WATCHDOG=1"); n != 0 {
+		t.Errorf("%d WATCHDOG=1 after STOPPING=1", n)
+	}
+	t.Logf("STOPPING=1: %q; then %d more notifications", stopping.lines, len(after))
+}
