@@ -33,6 +33,8 @@ type fakeUpstream struct {
 
 	silent   atomic.Bool
 	badProbe atomic.Bool                   // answer health probes with garbage
+	badRoot  atomic.Bool                   // answer ". NS" probes with garbage (as if VNet DNS behind it were down)
+	probes   atomic.Int64                  // health probes answered
 	truncate atomic.Bool                   // answer UDP queries with TC set and no answer
 	hold     atomic.Pointer[chan struct{}] // when set, queries wait for it to close
 
@@ -88,10 +90,14 @@ func (f *fakeUpstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	}
 	q := r.Question[0]
-	isHC := q.Name == "." && q.Qtype == dns.TypeNS
-	if isHC && f.badProbe.Load() {
+	// Health probes: NS queries for the root or a zone apex we serve.
+	isHC := q.Qtype == dns.TypeNS && (q.Name == "." || q.Name == "cluster.local.")
+	if isHC && (f.badProbe.Load() || (q.Name == "." && f.badRoot.Load())) {
 		w.Write([]byte{0, 1, 2})
 		return
+	}
+	if isHC {
+		f.probes.Add(1)
 	}
 	_, isUDP := w.RemoteAddr().(*net.UDPAddr)
 	if !isHC {

@@ -94,16 +94,33 @@ func newUpstream(cfg *config, hs *healthSet) *Upstream {
 	u.opts.PreferUDP = !cfg.forceTCP
 	u.opts.ForceTCP = cfg.forceTCP
 
-	u.route = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy)
+	u.route = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy, cfg.probeDomain(true))
 	if len(cfg.failover) > 0 {
 		// The failover group shares the policy's rule but not its state.
 		p, _ := newPolicy(cfg.policy.String())
-		u.failover = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p)
+		u.failover = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p, cfg.probeDomain(false))
 	}
 	return u
 }
 
-func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol policy) *group {
+// probeDomain is the name a group's health probe asks NS for. Unless set,
+// the route group is probed with the first never_failover zone (the cluster
+// domain), which cluster DNS answers itself: probing it with "." would make
+// its health depend on the VNet DNS it forwards "." to, and a VNet DNS
+// outage would mark a working cluster DNS down and fail every cluster name.
+// The failover group (recursive VNet resolvers) is probed with ".", like
+// forward does.
+func (cfg *config) probeDomain(route bool) string {
+	switch {
+	case cfg.hcDomain != "":
+		return cfg.hcDomain
+	case route && len(cfg.neverFailover) > 0:
+		return cfg.neverFailover[0]
+	}
+	return "."
+}
+
+func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol policy, probe string) *group {
 	g := &group{name: name, policy: pol}
 	for _, addr := range addrs {
 		m := &member{
@@ -114,7 +131,7 @@ func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol polic
 				tcp:      cfg.forceTCP,
 				interval: cfg.hcInterval,
 				noRec:    cfg.hcNoRec,
-				domain:   cfg.hcDomain,
+				domain:   probe,
 				maxfails: cfg.maxFails,
 			}),
 		}
@@ -166,7 +183,7 @@ func parseConfig(c *caddy.Controller) (*config, error) {
 		failoverName:  "failover",
 		maxConcurrent: defaultMaxConcurrent,
 		hcInterval:    defaultHCInterval,
-		hcDomain:      ".",
+		hcDomain:      "", // see probeDomain
 		maxFails:      defaultMaxFails,
 		spread:        spreadUnset,
 		policy:        sequential{},

@@ -205,6 +205,29 @@ func TestAnsweredQueriesKeepUpstreamUp(t *testing.T) {
 	waitFor(t, 2*time.Second, "down once only failing probes are left", func() bool { return healthyGauge(t, "cluster", a.addr) == 0 })
 }
 
+// TestProbeDoesNotDependOnVNet: cluster DNS forwards "." to VNet DNS; while
+// VNet DNS is down a ". NS" probe of cluster DNS fails, but cluster DNS still
+// answers cluster names. The route group is probed with the cluster domain,
+// so it stays up.
+func TestProbeDoesNotDependOnVNet(t *testing.T) {
+	cluster := startFake(t, "10.244.0.10")
+	cluster.badRoot.Store(true)
+	vnet := startFake(t, "203.0.113.7")
+	srv := startLocaldns(t, upstreamBlock(
+		"to "+cluster.addr,
+		"failover "+vnet.addr,
+		"group_names cluster vnet",
+		"health_check 0.05s",
+	))
+	waitFor(t, 3*time.Second, "probes of both groups", func() bool { return cluster.probes.Load() >= 5 && vnet.probes.Load() >= 5 })
+	if healthyGauge(t, "cluster", cluster.addr) != 1 {
+		t.Fatal("cluster DNS marked down because its root probe fails")
+	}
+	if r, _ := ask(t, srv, "udp", "web.default.svc.cluster.local", dns.TypeA); answerOf(r) != "10.244.0.10" {
+		t.Errorf("cluster name: got %s, want the cluster answer", answerOf(r))
+	}
+}
+
 // TestFailover: with the route group down, external names go to the failover
 // group; names in the cluster domain and the reverse zones never do.
 func TestFailover(t *testing.T) {
