@@ -114,6 +114,9 @@ type Results struct {
 	RestartPIDs []int
 	// RestartGaps are how long each restart took, stop to answering.
 	RestartGaps []time.Duration
+	// Notes are things that went wrong in a scenario without breaking the
+	// lab (localdns not coming back after a restart).
+	Notes []string
 }
 
 // Bar is one pass/fail criterion.

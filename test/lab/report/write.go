@@ -135,6 +135,10 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 		"%d of %d queries answered with the expected rcode, %d timed out; p99 %s, max %s; PIDs %v.\n\n",
 		s.Restarts, how, strings.Join(gaps, ", "), rs.Succeeded, rs.Sent, rs.Lost, fmtDur(rs.P99), fmtDur(rs.Max), r.RestartPIDs)
 
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "> **Note:** %s\n\n", n)
+	}
+
 	b.WriteString("## How it was measured\n\n")
 	fmt.Fprintf(&b, "- Load: dnsperf (%s), %d QPS in total from %d client pods (%d sockets each), %v per measured phase; cluster and external names in separate phases.\n",
 		s.DNSPerfVersion, s.QPS, s.Pods, s.ClientsPerPod, s.PhaseDuration)
