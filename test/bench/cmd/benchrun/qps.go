@@ -62,8 +62,8 @@ func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, 
 				return fmt.Errorf("round %d, %s: %w", r+1, e.name, err)
 			}
 			results[e.name] = append(results[e.name], res)
-			fmt.Printf("round %d %-16s load %4.1f | %7.0f QPS (lost %d; cores: server %.2f, dnsperf+runner %.2f, others %.2f) | at %d QPS: p50 %s p99 %s p99.9 %s (lost %d/%d) | upstream %d+%d | peak RSS %s\n",
-				r+1, e.name, load, res.qps, res.maxLost, res.cpu.server, res.cpu.bench, res.cpu.other,
+			fmt.Printf("round %d %-16s load %4.1f | %7.0f QPS (lost %d; cores: server %.2f = %.0fk QPS/core, dnsperf+runner %.2f, others %.2f) | at %d QPS: p50 %s p99 %s p99.9 %s (lost %d/%d) | upstream %d+%d | peak RSS %s\n",
+				r+1, e.name, load, res.qps, res.maxLost, res.cpu.server, perCore(res)/1000, res.cpu.bench, res.cpu.other,
 				cfg.rate, us(res.p50), us(res.p99), us(res.p999),
 				res.latLost, res.latSent, res.upstreamMax, res.upstreamLat, mib(res.peakRSS))
 		}
@@ -72,28 +72,35 @@ func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, 
 	load, _ := os.ReadFile("/proc/loadavg")
 	fmt.Printf("\nloadavg at end: %s\n", load)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "engine\tQPS (median)\tQPS per round\tp50\tp99\tp99.9\tpeak RSS\t\n")
-	med := map[string]float64{}
+	fmt.Fprintf(tw, "engine\tQPS (median)\tQPS per round\tQPS per server core\tothers' cores\tp50\tp99\tp99.9\tpeak RSS\t\n")
+	med, medPC := map[string]float64{}, map[string]float64{}
 	for _, e := range engines {
 		rs := results[e.name]
-		var q []float64
+		var q, pc, oth []float64
 		var p50, p99, p999 []time.Duration
 		var rss int64
 		var per []string
 		for _, x := range rs {
 			q = append(q, x.qps)
+			pc, oth = append(pc, perCore(x)), append(oth, x.cpu.other)
 			per = append(per, strconv.FormatFloat(x.qps/1000, 'f', 1, 64)+"k")
 			p50, p99, p999 = append(p50, x.p50), append(p99, x.p99), append(p999, x.p999)
 			rss = max(rss, x.peakRSS)
 		}
 		med[e.name] = median(q)
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", e.name, med[e.name], strings.Join(per, " "),
+		medPC[e.name] = median(pc)
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%.0f\t%.2f\t%s\t%s\t%s\t%s\t\n", e.name, med[e.name], strings.Join(per, " "),
+			medPC[e.name], median(oth),
 			us(medianDur(p50)), us(medianDur(p99)), us(medianDur(p999)), mib(rss))
 	}
 	tw.Flush()
-	fmt.Printf("(latency columns: median over rounds of each round's percentile at a fixed %d QPS)\n", cfg.rate)
+	fmt.Printf("(all columns: median over rounds; latency: each round's percentile at a fixed %d QPS;\n"+
+		" QPS per server core: max QPS / CPU the server used; others' cores: CPU used by processes outside the benchmark)\n", cfg.rate)
 	if s, l := med["stock"], med["localdns"]; s > 0 && l > 0 {
 		fmt.Printf("\nRATIO localdns/stock QPS = %.2f  (issue #3 bar: >= 1.3, target 1.6)\n", l/s)
+		if ps, pl := medPC["stock"], medPC["localdns"]; ps > 0 {
+			fmt.Printf("ratio localdns/stock QPS per server core = %.2f\n", pl/ps)
+		}
 	}
 	return nil
 }
@@ -182,4 +189,12 @@ func loadavg1() float64 {
 		return -1
 	}
 	return v
+}
+
+// perCore is the max-QPS run's throughput per core the server used.
+func perCore(r round) float64 {
+	if r.cpu.server <= 0 {
+		return 0
+	}
+	return r.qps / r.cpu.server
 }
