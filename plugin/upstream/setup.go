@@ -94,27 +94,28 @@ func newUpstream(cfg *config, hs *healthSet) *Upstream {
 	u.opts.PreferUDP = !cfg.forceTCP
 	u.opts.ForceTCP = cfg.forceTCP
 
-	u.route = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy, cfg.probeDomain(true))
+	u.route = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy, cfg.probeDomain())
 	if len(cfg.failover) > 0 {
 		// The failover group shares the policy's rule but not its state.
 		p, _ := newPolicy(cfg.policy.String())
-		u.failover = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p, cfg.probeDomain(false))
+		u.failover = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p, cfg.probeDomain())
 	}
 	return u
 }
 
-// probeDomain is the name a group's health probe asks NS for. Unless set,
-// the route group is probed with the first never_failover zone (the cluster
-// domain), which cluster DNS answers itself: probing it with "." would make
-// its health depend on the VNet DNS it forwards "." to, and a VNet DNS
-// outage would mark a working cluster DNS down and fail every cluster name.
-// The failover group (recursive VNet resolvers) is probed with ".", like
-// forward does.
-func (cfg *config) probeDomain(route bool) string {
+// probeDomain is the name the health probes ask NS for. Unless set, it is
+// the first never_failover zone (the cluster domain): cluster DNS answers it
+// itself, and a VNet resolver answers NXDOMAIN at once. Forward's "." would
+// make cluster DNS's health depend on the VNet DNS it forwards "." to: in a
+// VNet DNS outage its ". NS" answer comes after the probe's timeout, and a
+// working cluster DNS would be marked down with every cluster name failing.
+// One name for every group keeps the settings of blocks that share an
+// upstream the same.
+func (cfg *config) probeDomain() string {
 	switch {
 	case cfg.hcDomain != "":
 		return cfg.hcDomain
-	case route && len(cfg.neverFailover) > 0:
+	case len(cfg.neverFailover) > 0:
 		return cfg.neverFailover[0]
 	}
 	return "."

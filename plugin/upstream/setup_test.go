@@ -41,8 +41,8 @@ func TestParse(t *testing.T) {
 	if !cfg.forceTCP || cfg.policy.String() != "round_robin" || cfg.maxConcurrent != 50 {
 		t.Errorf("protocol/policy/max_concurrent: got %v %s %d", cfg.forceTCP, cfg.policy, cfg.maxConcurrent)
 	}
-	if r, f := cfg.probeDomain(true), cfg.probeDomain(false); r != "example.org." || f != "example.org." {
-		t.Errorf("probe domains with domain set: route %q, failover %q; want example.org. for both", r, f)
+	if d := cfg.probeDomain(); d != "example.org." {
+		t.Errorf("probe domain with domain set: got %q, want example.org.", d)
 	}
 	if cfg.hcInterval != 2*time.Second || !cfg.hcNoRec || cfg.hcDomain != "example.org." || cfg.maxFails != 4 || cfg.spread != 25*time.Millisecond {
 		t.Errorf("health_check/max_fails/spread: got %s %v %s %d %v", cfg.hcInterval, cfg.hcNoRec, cfg.hcDomain, cfg.maxFails, cfg.spread)
@@ -59,8 +59,8 @@ func TestParseDefaults(t *testing.T) {
 		cfg.routeName != "route" || cfg.failoverName != "failover" || len(cfg.failover) != 0 {
 		t.Errorf("defaults: got %+v", cfg)
 	}
-	if r, f := cfg.probeDomain(true), cfg.probeDomain(false); r != "cluster.local." || f != "." {
-		t.Errorf("probe domains: route %q, failover %q; want cluster.local. and .", r, f)
+	if d := cfg.probeDomain(); d != "cluster.local." {
+		t.Errorf("probe domain: got %q, want cluster.local.", d)
 	}
 	cfg, err = parseConfig(caddy.NewTestController("dns", "upstream {\n to 10.0.0.10\n protocol force_tcp\n}"))
 	if err != nil {
