@@ -1,12 +1,20 @@
 package node
 
 import (
+	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 )
 
 // exitListen is daemon.ExitListen: a listener could not bind.
@@ -96,4 +104,71 @@ func lastLine(s string) string {
 		return s[i+1:]
 	}
 	return s
+}
+
+var restoredRE = regexp.MustCompile(`Restored (\d+) cache entries`)
+
+// TestFailedStartKeepsCacheSnapshot: a start that fails (port taken, exit 6,
+// which systemd answers with Restart=on-failure) must not replace the cache
+// snapshot of the last good run, or the next good start begins cold.
+func TestFailedStartKeepsCacheSnapshot(t *testing.T) {
+	const names = 50
+	node := newNS(t, "node")
+	up := startUpstreams(t, node)
+	prof := newProfile(t, up)
+	cfg := prof.write(t)
+
+	d := startRun(t, node, cfg, runOpts{})
+	waitServing(t, node, d)
+	for i := range names {
+		name := fmt.Sprintf("warm%d.example.org.", i)
+		if r, err := exchange(t, node, "udp", clusterListener+":53", name, dns.TypeA, 2*time.Second); err != nil || len(r.Answer) != 1 {
+			t.Fatalf("%s: %v %v", name, r, err)
+		}
+	}
+	d.stop(t)
+	snap := filepath.Join(prof.Dir, "cache.snapshot")
+	good, err := os.Stat(snap)
+	if err != nil {
+		t.Fatalf("no snapshot after a clean stop: %v", err)
+	}
+
+	// Port taken: a socket bound with IP_FREEBIND, so localdns still adds
+	// the address itself and then fails to bind.
+	blocker := listenIn(t, node, func() (any, error) {
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_FREEBIND, 1) }); err != nil {
+				return err
+			}
+			return serr
+		}}
+		return lc.ListenPacket(context.Background(), "udp4", clusterListener+":53")
+	}).(net.PacketConn)
+	code, p := runToExit(t, node, cfg, 20*time.Second)
+	if code != exitListen {
+		t.Fatalf("start with the port taken exited %d, want %d; log:\n%s", code, exitListen, p.Log())
+	}
+	blocker.Close()
+	after, err := os.Stat(snap)
+	if err != nil {
+		t.Fatalf("snapshot gone after a failed start: %v", err)
+	}
+	t.Logf("snapshot: %d bytes after the good run, %d bytes after the failed start", good.Size(), after.Size())
+
+	d = startRun(t, node, cfg, runOpts{})
+	waitServing(t, node, d)
+	m := restoredRE.FindStringSubmatch(d.Log())
+	if m == nil {
+		t.Fatalf("no restore logged; log:\n%s", d.Log())
+	}
+	if n, _ := strconv.Atoi(m[1]); n < names {
+		t.Errorf("the start after a failed one restored %d cache entries, the last good run had at least %d (snapshot %d bytes, then %d)", n, names, good.Size(), after.Size())
+	}
+	if r, err := exchange(t, node, "udp", clusterListener+":53", "warm7.example.org.", dns.TypeA, 2*time.Second); err != nil || len(r.Answer) != 1 {
+		t.Fatalf("warm7: %v %v", r, err)
+	}
+	if n := up.cluster.Count("warm7.example.org."); n != 1 {
+		t.Errorf("warm7.example.org. reached the upstream %d times in all, want once (before the failed start)", n)
+	}
 }
