@@ -223,6 +223,23 @@ func runNodeSide(t *testing.T, beNS string) {
 	if worstCluster > fastFailTime {
 		t.Errorf("slowest SERVFAIL took %s, want < %s", worstCluster, fastFailTime)
 	}
+
+	// The pods come back: the service IP is used again, for both kinds of name.
+	restarted := time.Now()
+	for _, p := range []string{pod(backend1, answer1), pod(backend2, answer2)} {
+		inst := startIn(p)
+		t.Cleanup(func() { stopInstance(t, inst) })
+	}
+	waitFor(t, 5*time.Second, "service IP healthy again", func() bool { return healthyGauge(t, "cluster", svc) == 1 })
+	t.Logf("service IP healthy again %s after the pods restarted", time.Since(restarted).Round(10*time.Millisecond))
+	if r, _ := ask(t, on, "udp", "back.default.svc.cluster.local", dns.TypeA); answerOf(r) != answer1 && answerOf(r) != answer2 {
+		t.Errorf("cluster name after recovery: got %s, want a pod's answer", answerOf(r))
+	}
+	if r, _ := ask(t, on, "udp", "www.example.com", dns.TypeA); r.Rcode != dns.RcodeServerFailure {
+		// The pods answer only cluster.local; an external name reaching
+		// them gets SERVFAIL from their empty chain, not the VNet answer.
+		t.Errorf("external name after recovery: got %s, want it sent to the pods again (SERVFAIL from them)", answerOf(r))
+	}
 }
 
 // conntrackFlows counts the conntrack entries of UDP flows to ip, or -1 when
