@@ -180,8 +180,11 @@ stopping the socket unit removes everything.`), stderr)
 	}
 	p, from, err := profileFor(*cfgPath)
 	if err != nil {
-		fmt.Fprintf(stderr, "localdns teardown: %v\n", err)
-		return daemon.ExitConfig
+		// A broken profile must not leave the node's network behind (this
+		// runs in ExecStopPost after a crash loop on that very profile):
+		// tear down by the defaults and the state file netsetup wrote.
+		fmt.Fprintf(stderr, "localdns teardown: %v\nlocaldns teardown: removing what the state file and the default names say was installed\n", err)
+		p, from = config.Default(), "defaults"
 	}
 	if !p.Network.Manage {
 		fmt.Fprintf(stdout, "%s: network.manage is false: nothing was installed, nothing to remove\n", from)

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -380,7 +381,11 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		log.Warn("watchdog metrics", "err", err)
 	}
+	var bgWG sync.WaitGroup
+	defer bgWG.Wait()
+	bgWG.Add(1)
 	go func() {
+		defer bgWG.Done()
 		if err := sdnotify.RunWatchdog(bg, sdnotify.ListenerProbe(d.Listeners()...), sdnotify.WithMetrics(wdMetrics), sdnotify.WithObserver(func(r sdnotify.Result) {
 			if r.ProbeErr != nil {
 				log.Warn("watchdog probe failed: withholding WATCHDOG=1", "err", r.ProbeErr)
@@ -390,14 +395,18 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}()
 	if d.manage {
-		go d.reconcileLoop(bg, d.source.Profile.Network.ReconcileInterval)
+		bgWG.Add(1)
+		go func() {
+			defer bgWG.Done()
+			d.reconcileLoop(bg, d.source.Profile.Network.ReconcileInterval)
+		}()
 	}
 
 	for {
 		select {
 		case <-ctx.Done():
 			log.Info("stopping", "reason", context.Cause(ctx))
-			return d.shutdown(cancelBG)
+			return d.shutdown(cancelBG, &bgWG)
 		case s := <-sigs:
 			if s == syscall.SIGHUP {
 				sdnotify.Reloading()
@@ -408,14 +417,15 @@ func Run(ctx context.Context, opts Options) error {
 				continue
 			}
 			log.Info("stopping", "signal", s.String())
-			return d.shutdown(cancelBG)
+			return d.shutdown(cancelBG, &bgWG)
 		}
 	}
 }
 
-func (d *Daemon) shutdown(cancelBG context.CancelFunc) error {
+func (d *Daemon) shutdown(cancelBG context.CancelFunc, bg *sync.WaitGroup) error {
 	d.stopping.Store(true)
 	cancelBG()
+	bg.Wait() // no watchdog ping or repair after STOPPING=1
 	sdnotify.Stopping("draining and writing the cache snapshot")
 	d.Shutdown()
 	return nil
