@@ -576,7 +576,7 @@ func TestFloodThroughServer(t *testing.T) {
 		ask(t, addr, hot[i], qopt{}) // miss
 		ask(t, addr, hot[i], qopt{}) // hit: no longer a one-hit wonder
 	}
-	const workers, perWorker = 8, 1500
+	const workers, perWorker = 8, 1000
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)

@@ -30,10 +30,11 @@ const ghostEntryCost = 48
 type Store struct {
 	shards [numShards]shard
 
-	budget    atomic.Int64
-	entries   atomic.Int64
-	bytes     atomic.Int64
-	evictions atomic.Uint64
+	budget     atomic.Int64
+	ghostBytes atomic.Int64 // memory reserved for the ghost queues
+	entries    atomic.Int64
+	bytes      atomic.Int64
+	evictions  atomic.Uint64
 
 	flight flightGroup
 
@@ -75,6 +76,7 @@ func (s *Store) Resize(budget int64) {
 	s.budget.Store(budget)
 	per := budget / numShards
 	ghosts := max(int(per/(64*ghostEntryCost)), 16)
+	s.ghostBytes.Store(int64(numShards * ghosts * ghostEntryCost))
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
@@ -92,13 +94,7 @@ func (s *Store) Budget() int64 { return s.budget.Load() }
 func (s *Store) Len() int { return int(s.entries.Load()) }
 
 // Bytes returns the accounted size of all entries, including ghost memory.
-func (s *Store) Bytes() int64 {
-	var ghosts int64
-	for i := range s.shards {
-		ghosts += int64(s.shards[i].ghost.capacity() * ghostEntryCost)
-	}
-	return s.bytes.Load() + ghosts
-}
+func (s *Store) Bytes() int64 { return s.bytes.Load() + s.ghostBytes.Load() }
 
 // Evictions returns how many entries were evicted for space.
 func (s *Store) Evictions() uint64 { return s.evictions.Load() }
