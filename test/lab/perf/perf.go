@@ -118,6 +118,25 @@ func (r *Result) SuccessRate() float64 {
 	return float64(r.Succeeded) / float64(r.Sent)
 }
 
+// PercentileSent returns the nearest-rank p-th percentile over every query
+// sent, a lost query counting as taking timeout (it took at least that):
+// percentiles of the answered queries alone would hide the losses.
+func (r *Result) PercentileSent(p float64, timeout time.Duration) time.Duration {
+	n := len(r.Latencies) + r.Lost
+	if n == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p*float64(n)/100 - 1e-9))
+	rank = min(max(rank, 1), n)
+	if rank > len(r.Latencies) {
+		return timeout
+	}
+	if !slices.IsSorted(r.Latencies) {
+		slices.Sort(r.Latencies)
+	}
+	return r.Latencies[rank-1]
+}
+
 // Percentile returns the nearest-rank p-th percentile (0 < p <= 100) of the
 // answered queries' latencies, or 0 with none.
 func (r *Result) Percentile(p float64) time.Duration {

@@ -96,3 +96,16 @@ func TestFailuresKept(t *testing.T) {
 		t.Errorf("failures %q, want %q", r.Failures, want)
 	}
 }
+
+func TestPercentileSentCountsLost(t *testing.T) {
+	r := &Result{Lost: 10}
+	for i := 1; i <= 90; i++ {
+		r.Latencies = append(r.Latencies, time.Duration(i)*time.Millisecond)
+	}
+	if got := r.PercentileSent(50, 2*time.Second); got != 50*time.Millisecond {
+		t.Errorf("p50 = %v, want 50ms", got)
+	}
+	if got := r.PercentileSent(95, 2*time.Second); got != 2*time.Second {
+		t.Errorf("p95 = %v, want the 2s timeout (lost queries)", got)
+	}
+}

@@ -21,6 +21,7 @@ type Phase struct {
 	Rcodes                          map[string]int
 	P50, P95, P99, P999, Max        time.Duration
 	Elapsed                         time.Duration
+	Timeout                         time.Duration // dnsperf's; a lost query counts as this in the percentiles
 
 	CoreDNS  []float64 // queries each CoreDNS backend received
 	External float64   // queries the external resolver received
@@ -32,13 +33,15 @@ type Phase struct {
 	LoadAvg     float64 // 1-minute load average at the end of the phase
 }
 
-// FromResult fills the dnsperf side of a phase.
-func FromResult(scenario, class, name string, r *perf.Result) Phase {
+// FromResult fills the dnsperf side of a phase. Percentiles are over every
+// query sent, a lost one counting as the dnsperf timeout.
+func FromResult(scenario, class, name string, r *perf.Result, timeout time.Duration) Phase {
 	return Phase{
 		Scenario: scenario, Class: class, Name: name,
 		Sent: r.Sent, Answered: r.Answered, Lost: r.Lost, Succeeded: r.Succeeded, Rcodes: r.Rcodes,
-		P50: r.Percentile(50), P95: r.Percentile(95), P99: r.Percentile(99), P999: r.Percentile(99.9), Max: r.Percentile(100),
-		Elapsed: r.Elapsed,
+		P50: r.PercentileSent(50, timeout), P95: r.PercentileSent(95, timeout), P99: r.PercentileSent(99, timeout),
+		P999: r.PercentileSent(99.9, timeout), Max: r.PercentileSent(100, timeout),
+		Elapsed: r.Elapsed, Timeout: timeout,
 	}
 }
 
@@ -90,6 +93,7 @@ type Settings struct {
 	CoreDNSVersion   string
 	DNSPerfVersion   string
 	Machine          string
+	BusyBefore       float64 // share of the machine's CPU busy in the 2 s before the lab started
 	Started          time.Time
 	Took             time.Duration
 }

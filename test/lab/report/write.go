@@ -55,7 +55,8 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 		verdict = "FAIL: at least one bar missed"
 	}
 	fmt.Fprintf(&b, "# localdns lab: centralized CoreDNS vs localdns (%s variant)\n\n", s.Variant)
-	fmt.Fprintf(&b, "**%s.** Run %s, took %v, on %s.\n\n", verdict, s.Started.Format("2006-01-02 15:04 UTC"), s.Took, s.Machine)
+	fmt.Fprintf(&b, "**%s.** Run %s, took %v, on %s; the machine was %.0f%% busy with other work just before the lab started.\n\n",
+		verdict, s.Started.Format("2006-01-02 15:04 UTC"), s.Took, s.Machine, 100*s.BusyBefore)
 	b.WriteString("Reproduces the seed experiment (reference/seed-localdns-blog.md) on one machine in network\n" +
 		"namespaces: pods at 10k QPS against central CoreDNS pods behind a kube-proxy service address\n" +
 		"(scenario A) and against localdns on their node (scenario B). Regenerate with `make lab`\n" +
@@ -71,7 +72,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 	}
 
 	b.WriteString("\n## Latency (cache-hit traffic after a warm-up)\n\n")
-	b.WriteString("Per-query times from dnsperf's verbose output, percentiles by nearest rank, both pods' queries together.\n\n")
+	b.WriteString("Per-query times from dnsperf's verbose output, percentiles by nearest rank over every query sent (both pods together); a query without an answer within dnsperf's timeout counts as taking the timeout.\n\n")
 	b.WriteString("| names | scenario | p50 | p95 | p99 | p99.9 | max | success | queries | achieved QPS | machine CPU busy / load |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range Classes {
 		for _, sc := range []struct {
@@ -150,7 +151,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 	fmt.Fprintf(&b, "- Service address: kube-proxy nft-mode rules in the node namespace, `numgen random mod 2` DNAT per new conntrack flow, for pods (prerouting) and the node itself (output).\n")
 	fmt.Fprintf(&b, "- External resolver (\"Azure DNS\"): the lab's miekg/dns server, A answers with TTL %d s.\n", s.ExternalTTL)
 	fmt.Fprintf(&b, "- **Emulated** (the kernel has no netem): the hop to a CoreDNS pod, %s; the external resolver's own latency, %s. Everything beyond these is real: CoreDNS's processing, conntrack/DNAT, veths and the CPU contention of the shared cores.\n", s.CoreDNSDelay, s.ExternalDelay)
-	fmt.Fprintf(&b, "- localdns: %s, the AKS default profile with the lab's service address and external resolver (`localdns.yaml` in the lab's scratch directory), listeners on the node's lo.\n", s.LocalDNSVersion)
+	fmt.Fprintf(&b, "- localdns: %s, the AKS default profile with the lab's service address and external resolver (`localdns.yaml` in the lab's scratch directory), managing the node namespace's network itself (listener addresses on lo, as the kernel has no dummy links; nftables conntrack bypass).\n", s.LocalDNSVersion)
 	return b.String()
 }
 

@@ -66,16 +66,17 @@ var variants = map[string]variant{
 
 // lab is one run's state.
 type lab struct {
-	v       variant
-	self    string // this binary
-	bin     string // directory with localdns and coredns-stock
-	dir     string // scratch directory
-	procs   *procs
-	localdn *proc
-	res     *report.Results
-	data    map[string][]string // data files per purpose, one per pod
-	upOnly  bool                // stop after starting everything (lab up)
-	rcvbuf  int                 // ReceiveBuffer= of the socket unit the harness mimics
+	v         variant
+	self      string // this binary
+	bin       string // directory with localdns and coredns-stock
+	dir       string // scratch directory
+	procs     *procs
+	localdn   *proc
+	res       *report.Results
+	data      map[string][]string // data files per purpose, one per pod
+	upOnly    bool                // stop after starting everything (lab up)
+	rcvbuf    int                 // ReceiveBuffer= of the socket unit the harness mimics
+	quietWait time.Duration       // how long to wait for a quiet machine
 }
 
 func runCmd(args []string) error {
@@ -86,6 +87,7 @@ func runCmd(args []string) error {
 	keep := fs.Bool("keep", false, "keep the scratch directory (logs, data files)")
 	nice := fs.Int("nice", -10, "nice value of the lab and every process it starts (servers, localdns, dnsperf); 0 leaves it")
 	unit := fs.String("socket-unit", "systemd/localdns.socket", "socket unit whose ReceiveBuffer= the harness uses")
+	quietWait := fs.Duration("quiet-wait", 0, "before starting, wait up to this long for the machine to be less than 30% busy (a shared machine)")
 	up := fs.Bool("up", false, "only build the lab and start every server, then wait for SIGINT (for poking around)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -134,7 +136,7 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up}
+	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait}
 
 	// One lab at a time: a second run would tear down the first's network.
 	lock, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
@@ -223,7 +225,20 @@ func cleanCmd(args []string) error {
 	return topo.Teardown()
 }
 
+// machineBusy samples how busy the machine's CPUs are over d.
+func machineBusy(d time.Duration) float64 {
+	a := readCPU()
+	time.Sleep(d)
+	return readCPU().busySince(a)
+}
+
 func (l *lab) run() error {
+	busy := machineBusy(2 * time.Second)
+	for deadline := time.Now().Add(l.quietWait); busy > 0.30 && time.Now().Before(deadline); busy = machineBusy(2 * time.Second) {
+		logf("machine %.0f%% busy before the lab started; waiting for a quieter moment", 100*busy)
+		time.Sleep(3 * time.Second)
+	}
+	logf("machine %.0f%% busy before the lab started", 100*busy)
 	start := time.Now()
 	v := l.v
 	l.res = &report.Results{
@@ -240,6 +255,7 @@ func (l *lab) run() error {
 			DNSPerfVersion:  dnsperfVersion(),
 			Machine:         fmt.Sprintf("%d CPUs, %s/%s, %s", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, kernel()),
 			Started:         start.UTC(),
+			BusyBefore:      busy,
 		},
 		Centralized: map[string]report.Phase{},
 		LocalDNS:    map[string]report.Phase{},
@@ -249,7 +265,9 @@ func (l *lab) run() error {
 	}
 
 	logf("building the lab network")
-	if err := topo.Build(true); err != nil {
+	// localdns puts its listener addresses on the node itself (netsetup,
+	// "manage: true"), on lo here: the kernel has no dummy link type.
+	if err := topo.Build(false); err != nil {
 		return err
 	}
 	if err := l.writeData(); err != nil {
@@ -265,7 +283,8 @@ func (l *lab) run() error {
 
 	// Scenario A: pods ask the service address.
 	logf("scenario A (centralized): warm-up")
-	if _, err := l.dnsperfWarm(topo.ServiceIP); err != nil {
+	// Only warms CoreDNS's cache; nothing later depends on every name.
+	if _, err := l.dnsperfWarm(topo.ServiceIP, false); err != nil {
 		return err
 	}
 	for _, c := range report.Classes {
@@ -282,11 +301,11 @@ func (l *lab) run() error {
 	}
 	logf("scenario B (localdns): warm-up")
 	before := l.counters()
-	warm, err := l.dnsperfWarm(topo.ClusterListener)
+	warm, err := l.dnsperfWarm(topo.ClusterListener, true)
 	if err != nil {
 		return err
 	}
-	l.res.LocalDNSWarm = l.withCounters(report.FromResult("localdns", "mixed", "warm-up: every name once", warm), before, l.counters())
+	l.res.LocalDNSWarm = l.withCounters(report.FromResult("localdns", "mixed", "warm-up: every name once", warm, 5*time.Second), before, l.counters())
 	for _, c := range report.Classes {
 		p, err := l.measure("localdns", c, topo.ClusterListener)
 		if err != nil {
@@ -449,16 +468,19 @@ func coreDNSCorefile(name string, ttl int) string {
 }
 
 // localdnsProfile is the node profile localdns runs with in the lab: the AKS
-// defaults with the lab's service address and external resolver.
+// defaults with the lab's service address and external resolver. localdns
+// manages the node's network as in production (listener addresses,
+// conntrack-bypass rules), inside the node namespace; its state file goes to
+// the scratch directory, not the machine's /run/localdns.
 func (l *lab) localdnsProfile() string {
 	return fmt.Sprintf(`listeners: {node: %s, cluster: %s}
 port: 53
 clusterDNS: [%s]
 vnetDNS: [%s]
-network: {manage: false}
+network: {manage: true, stateDir: %s}
 metrics: 127.0.0.1:9253
 cache: {maxMemory: 64Mi, snapshot: %s}
-`, topo.NodeListener, topo.ClusterListener, topo.ServiceIP, topo.AzureDNSIP, filepath.Join(l.dir, "cache.snapshot"))
+`, topo.NodeListener, topo.ClusterListener, topo.ServiceIP, topo.AzureDNSIP, filepath.Join(l.dir, "state"), filepath.Join(l.dir, "cache.snapshot"))
 }
 
 // startLocalDNS starts localdns under the socket-activation harness, which
@@ -537,10 +559,11 @@ func waitFor(timeout time.Duration, f func() error) error {
 	}
 }
 
-// dnsperfWarm queries every name of both classes once from pod1, and again
-// until a pass gets every answer: the fault scenarios rely on every name
-// having been seen, and a miss storm on a loaded machine can lose a few.
-func (l *lab) dnsperfWarm(server string) (*perf.Result, error) {
+// dnsperfWarm queries every name of both classes once from pod1; with
+// complete, again until a pass gets every answer: the fault scenarios rely on
+// every name having been seen, and a miss storm on a loaded machine can lose
+// a few.
+func (l *lab) dnsperfWarm(server string, complete bool) (*perf.Result, error) {
 	run := perf.Run{Netns: topo.Pod1, Server: server, Data: l.data["warm"][0], Once: true, QPS: warmQPS,
 		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second, BufferKB: dnsperfBufferKB}
 	total := &perf.Result{}
@@ -551,7 +574,7 @@ func (l *lab) dnsperfWarm(server string) (*perf.Result, error) {
 		}
 		total.Merge(res)
 		logf("  warm-up pass %d: %d of %d answered as expected, %.0f QPS", pass, res.Succeeded, res.Sent, float64(res.Sent)/res.Elapsed.Seconds())
-		if res.Succeeded == res.Sent {
+		if res.Succeeded == res.Sent || !complete {
 			return total, nil
 		}
 		if pass == 3 {
@@ -559,6 +582,16 @@ func (l *lab) dnsperfWarm(server string) (*perf.Result, error) {
 		}
 	}
 }
+
+// phaseTimeout is dnsperf's timeout in the measured and outage phases: an
+// answer later than that is useless to a pod (glibc retries after 5 s, most
+// clients give up sooner) and counts as lost.
+const phaseTimeout = 2 * time.Second
+
+// restartTimeout is dnsperf's timeout across the restarts: glibc's, so a
+// query queued in the socket while localdns restarts counts as answered if
+// the pod would still have been waiting for it.
+const restartTimeout = 5 * time.Second
 
 // dnsperfBufferKB is dnsperf's socket buffer size: large, so the client is
 // not where answers are dropped when it misses a time slice.
@@ -582,12 +615,12 @@ func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) [
 func (l *lab) measure(scenario, class, server string) (report.Phase, error) {
 	logf("scenario %s: %s names, %v at %d QPS", scenario, class, l.v.phase, l.v.qps)
 	before := l.counters()
-	res, err := perf.RunAll(l.pods(class, server, l.v.phase, 2*time.Second), workload.Expected)
+	res, err := perf.RunAll(l.pods(class, server, l.v.phase, phaseTimeout), workload.Expected)
 	if err != nil {
 		return report.Phase{}, err
 	}
 	l.keepFailures(scenario+"-"+class, res)
-	p := l.withCounters(report.FromResult(scenario, class, class+" names", res), before, l.counters())
+	p := l.withCounters(report.FromResult(scenario, class, class+" names", res, phaseTimeout), before, l.counters())
 	logf("  p50 %v p95 %v p99 %v, success %.3f%%, %.0f QPS, lost %d, rcodes %v; CoreDNS %v, external %.0f, hits %.0f, misses %.0f, stale %.0f",
 		p.P50, p.P95, p.P99, 100*p.SuccessRate(), p.QPS(), p.Lost, p.Rcodes, p.CoreDNS, p.External, p.Hits, p.Misses, p.Stale)
 	return p, nil
@@ -599,7 +632,7 @@ func (l *lab) outage() error {
 	v := l.v
 	logf("fault: upstreams down for %v under %d QPS", v.outage, v.qps)
 	before := l.counters()
-	runs := l.pods("mixed", topo.ClusterListener, v.outagePre+v.outage+v.outagePost, 2*time.Second)
+	runs := l.pods("mixed", topo.ClusterListener, v.outagePre+v.outage+v.outagePost, phaseTimeout)
 	errc := make(chan error, 1)
 	var res *perf.Result
 	go func() {
@@ -621,7 +654,7 @@ func (l *lab) outage() error {
 	// The cut drops packets, so only the localdns counters are readable
 	// from the node; CoreDNS and extdns counters are read after restore.
 	l.keepFailures("outage", res)
-	p := l.withCounters(report.FromResult("localdns", "mixed", fmt.Sprintf("upstreams down for %v", v.outage), res), before, l.counters())
+	p := l.withCounters(report.FromResult("localdns", "mixed", fmt.Sprintf("upstreams down for %v", v.outage), res, phaseTimeout), before, l.counters())
 	l.res.Outage = p
 	logf("  success %d/%d, lost %d, rcodes %v, stale answers %.0f, p99 %v", p.Succeeded, p.Sent, p.Lost, p.Rcodes, p.Stale, p.P99)
 	return nil
@@ -633,7 +666,7 @@ func (l *lab) restarts() error {
 	v := l.v
 	logf("fault: localdns restarted %d times under %d QPS", len(v.restartAt), v.qps)
 	before := l.counters()
-	runs := l.pods("mixed", topo.ClusterListener, v.restartRun, 5*time.Second)
+	runs := l.pods("mixed", topo.ClusterListener, v.restartRun, restartTimeout)
 	errc := make(chan error, 1)
 	var res *perf.Result
 	start := time.Now()
@@ -685,7 +718,7 @@ func (l *lab) restarts() error {
 		return err
 	}
 	l.keepFailures("restart", res)
-	p := l.withCounters(report.FromResult("localdns", "mixed", fmt.Sprintf("%d restarts", len(v.restartAt)), res), before, l.counters())
+	p := l.withCounters(report.FromResult("localdns", "mixed", fmt.Sprintf("%d restarts", len(v.restartAt)), res, restartTimeout), before, l.counters())
 	l.res.Restart = p
 	logf("  success %d/%d, timed out %d, rcodes %v, p99 %v, max %v", p.Succeeded, p.Sent, p.Lost, p.Rcodes, p.P99, p.Max)
 	return nil
