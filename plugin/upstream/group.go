@@ -43,13 +43,13 @@ type member struct {
 }
 
 // exchange sends the query to the group's upstreams in policy order, skipping
-// those that are down, and returns the first answer. It returns ErrNoHealthy
-// without sending anything when every upstream is down, and the last I/O
-// error when every attempt failed.
-func (g *group) exchange(ctx context.Context, state request.Request, opts proxy.Options) (*dns.Msg, error) {
+// those that are down, at most attempts times each, and returns the first
+// answer. It returns ErrNoHealthy without sending anything when every
+// upstream is down, and the last I/O error when every attempt failed.
+func (g *group) exchange(ctx context.Context, state request.Request, opts proxy.Options, attempts int) (*dns.Msg, error) {
 	list := g.policy.List(g.members)
 	deadline := time.Now().Add(exchangeTimeout)
-	maxAttempts := attemptsPerUpstream * len(list)
+	maxAttempts := attempts * len(list)
 
 	var lastErr error
 	next := 0

@@ -39,7 +39,7 @@ type fakeUpstream struct {
 	hold     atomic.Pointer[chan struct{}] // when set, queries wait for it to close
 
 	mu       sync.Mutex
-	queries  []string // qnames of non-health-check queries, in order
+	queries  []string // qnames of non-health-check queries, in order, answered or not
 	udp, tcp int
 	ports    map[int]bool // UDP source ports of non-health-check queries
 	inflight atomic.Int64
@@ -86,12 +86,17 @@ func (f *fakeUpstream) stop() {
 }
 
 func (f *fakeUpstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	if f.silent.Load() {
-		return
-	}
 	q := r.Question[0]
 	// Health probes: NS queries for the root or a zone apex we serve.
 	isHC := q.Qtype == dns.TypeNS && (q.Name == "." || q.Name == "cluster.local.")
+	if f.silent.Load() {
+		if !isHC {
+			f.mu.Lock()
+			f.queries = append(f.queries, q.Name)
+			f.mu.Unlock()
+		}
+		return
+	}
 	if isHC && (f.badProbe.Load() || (q.Name == "." && f.badRoot.Load())) {
 		w.Write([]byte{0, 1, 2})
 		return

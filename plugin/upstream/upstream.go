@@ -105,10 +105,17 @@ func (u *Upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		}
 	}
 
-	ret, err := u.route.exchange(ctx, state, u.opts)
-	if err != nil && ctx.Err() == nil && !isRequestError(err) && u.mayFailover(state.Name()) {
+	// A name that may fail over tries each route upstream once: after a
+	// timeout the failover group answers sooner than a second try would.
+	mayFailover := u.mayFailover(state.Name())
+	attempts := attemptsPerUpstream
+	if mayFailover {
+		attempts = 1
+	}
+	ret, err := u.route.exchange(ctx, state, u.opts, attempts)
+	if err != nil && mayFailover && ctx.Err() == nil && !isRequestError(err) {
 		failovers.WithLabelValues(u.route.name, u.failover.name).Inc()
-		ret, err = u.failover.exchange(ctx, state, u.opts)
+		ret, err = u.failover.exchange(ctx, state, u.opts, attemptsPerUpstream)
 		if errors.Is(err, ErrNoHealthy) {
 			fastFailures.WithLabelValues(u.failover.name).Inc()
 		}

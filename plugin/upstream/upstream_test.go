@@ -304,6 +304,38 @@ func TestFailover(t *testing.T) {
 	}
 }
 
+// TestFailoverAfterOneTimeout: before the health checks have marked a silent
+// route upstream down, a name that may fail over waits for one read timeout
+// (2 s), not two, and is then answered by the failover group; a cluster name
+// tries twice and gets SERVFAIL.
+func TestFailoverAfterOneTimeout(t *testing.T) {
+	cluster := startFake(t, "10.244.0.10")
+	cluster.silent.Store(true)
+	vnet := startFake(t, "203.0.113.7", "cluster.local.")
+	srv := startLocaldns(t, upstreamBlock(
+		"to "+cluster.addr,
+		"failover "+vnet.addr,
+		"health_check 10s",
+	))
+	r, took := ask(t, srv, "udp", "www.example.com", dns.TypeA)
+	if answerOf(r) != "203.0.113.7" {
+		t.Errorf("external name: got %s, want the failover answer", answerOf(r))
+	}
+	if took < 1500*time.Millisecond || took > 3*time.Second {
+		t.Errorf("external name took %s, want one read timeout (~2s)", took)
+	}
+	if n := len(cluster.seen()); n != 1 {
+		t.Errorf("route upstream got %d tries for the external name, want 1", n)
+	}
+	r, _ = ask(t, srv, "udp", "web.default.svc.cluster.local", dns.TypeA)
+	if r.Rcode != dns.RcodeServerFailure {
+		t.Errorf("cluster name: rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
+	}
+	if n := len(cluster.seen()); n != 3 {
+		t.Errorf("route upstream got %d tries in all, want 1 + 2", n)
+	}
+}
+
 // TestFailoverOnRefusedBeforeHealthCheck: an upstream whose port is closed
 // fails a query at once (ICMP port unreachable); external names fail over
 // right away, before the health checks have marked it down.
