@@ -69,32 +69,45 @@ func TestConntrackThroughBinary(t *testing.T) {
 		}
 		return answered
 	}
-	// flows lists conntrack entries, split by whether a listener address is
-	// on either side.
-	flows := func() (listener, other map[string]bool) {
-		listener, other = map[string]bool{}, map[string]bool{}
-		for _, line := range strings.Split(inNS(t, node, "conntrack", "-L"), "\n") {
+	// flows lists conntrack entries by protocol and original-direction
+	// tuple (each with its full line), split by whether a listener address
+	// is on either side.
+	flows := func() (listener, other map[string]string) {
+		listener, other = map[string]string{}, map[string]string{}
+		// stdout only: conntrack's summary on stderr can land inside a line.
+		out, err := exec.Command("ip", "netns", "exec", node, "conntrack", "-L").Output()
+		if err != nil {
+			t.Fatalf("conntrack -L: %v", err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
 			f := strings.Fields(line)
 			if len(f) < 4 {
 				continue
 			}
-			// Key: everything but the timeout and state, which change.
-			key := strings.Join(slices.DeleteFunc(f[2:], func(s string) bool {
-				return !strings.Contains(s, "=")
-			}), " ")
+			key := []string{f[0]}
+			for _, field := range f[1:] {
+				k, _, ok := strings.Cut(field, "=")
+				if !ok || !slices.Contains([]string{"src", "dst", "sport", "dport", "type", "code", "id"}, k) {
+					continue
+				}
+				if k == "src" && len(key) > 1 {
+					break // the reply direction
+				}
+				key = append(key, field)
+			}
 			if strings.Contains(line, "="+clusterListener+" ") || strings.Contains(line, "="+nodeListener+" ") {
-				listener[key] = true
+				listener[strings.Join(key, " ")] = line
 			} else {
-				other[key] = true
+				other[strings.Join(key, " ")] = line
 			}
 		}
 		return listener, other
 	}
-	added := func(before, after map[string]bool) []string {
+	added := func(before, after map[string]string) []string {
 		var out []string
-		for k := range after {
-			if !before[k] {
-				out = append(out, k)
+		for k, line := range after {
+			if _, ok := before[k]; !ok {
+				out = append(out, line)
 			}
 		}
 		sort.Strings(out)
