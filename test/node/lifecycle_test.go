@@ -124,3 +124,60 @@ func TestNodeLifecycle(t *testing.T) {
 func stripCounters(s string) string {
 	return counterRE.ReplaceAllString(s, "counter")
 }
+
+// TestRunAfterCrash starts localdns again after a SIGKILL without a teardown
+// in between (Restart=on-failure when ExecStopPost did not run): the new
+// process takes over what the old one left, duplicates nothing, and a clean
+// stop then removes all of it.
+func TestRunAfterCrash(t *testing.T) {
+	node := newNS(t, "node")
+	up := startUpstreams(t, node)
+	cfg := newProfile(t, up).write(t)
+	before := nodeState(t, node)
+
+	d := startRun(t, node, cfg, runOpts{})
+	waitServing(t, node, d)
+	rules, _ := notrackRules(t, node)
+	d.signal(t, syscall.SIGKILL)
+	if _, ok := d.wait(5 * time.Second); !ok {
+		t.Fatal("localdns did not die on SIGKILL")
+	}
+
+	d = startRun(t, node, cfg, runOpts{})
+	waitServing(t, node, d)
+	if got := listenerAddrs(t, node); got[nodeListener] != 1 || got[clusterListener] != 1 {
+		t.Errorf("listener addresses after a run following a crash: %v, want each once", got)
+	}
+	if n, listing := notrackRules(t, node); n != rules {
+		t.Errorf("%d notrack rules after a run following a crash, %d before:\n%s", n, rules, listing)
+	}
+	d.stop(t)
+	if after := nodeState(t, node); after != before {
+		t.Errorf("node after crash, run and clean stop differs from before:\n%s\nbefore:\n%s", after, before)
+	}
+}
+
+// TestPreexistingAddressKept: a listener address that was on the node before
+// localdns started (configured by someone else) is used, and left in place
+// when localdns stops; the one localdns added goes.
+func TestPreexistingAddressKept(t *testing.T) {
+	node := newNS(t, "node")
+	up := startUpstreams(t, node)
+	cfg := newProfile(t, up).write(t)
+	holdAddr(t, node, clusterListener)
+	before := nodeState(t, node)
+
+	d := startRun(t, node, cfg, runOpts{})
+	waitServing(t, node, d)
+	if got := listenerAddrs(t, node); got[nodeListener] != 1 || got[clusterListener] != 1 {
+		t.Errorf("listener addresses while serving: %v, want each once", got)
+	}
+	d.stop(t)
+	if after := nodeState(t, node); after != before {
+		t.Errorf("node after stop differs from before (the pre-existing %s must stay, %s must go):\n%s\nbefore:\n%s", clusterListener, nodeListener, after, before)
+	}
+	out := inNS(t, node, binary, "teardown", "--config", cfg)
+	if after := nodeState(t, node); after != before {
+		t.Errorf("teardown (%s) changed the node: a pre-existing address is not ours to remove:\n%s", strings.TrimSpace(out), after)
+	}
+}
