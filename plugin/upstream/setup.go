@@ -37,8 +37,10 @@ const (
 	spreadUnset time.Duration = -2
 )
 
-// defaultNeverFailover are the zones only cluster CoreDNS answers for.
-var defaultNeverFailover = []string{"cluster.local.", "in-addr.arpa.", "ip6.arpa."}
+// defaultNeverFailover returns the zones only cluster CoreDNS answers for.
+func defaultNeverFailover() []string {
+	return []string{"cluster.local.", "in-addr.arpa.", "ip6.arpa."}
+}
 
 // config is the parsed upstream block.
 type config struct {
@@ -188,7 +190,7 @@ func parseConfig(c *caddy.Controller) (*config, error) {
 		maxFails:      defaultMaxFails,
 		spread:        spreadUnset,
 		policy:        sequential{},
-		neverFailover: defaultNeverFailover,
+		neverFailover: defaultNeverFailover(),
 	}
 	seen := false
 	for c.Next() {

@@ -69,7 +69,7 @@ func TestParseDefaults(t *testing.T) {
 	if cfg.spread != time.Second {
 		t.Errorf("spread default with force_tcp: got %s, want 1s", cfg.spread)
 	}
-	if !slices.Equal(cfg.neverFailover, defaultNeverFailover) {
+	if !slices.Equal(cfg.neverFailover, defaultNeverFailover()) {
 		t.Errorf("never_failover default: got %v", cfg.neverFailover)
 	}
 }
