@@ -198,6 +198,25 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 	}
 	t.Logf("unblocked: first WATCHDOG=1 %s after the drop rule was removed", ping.at.Sub(unblocked).Round(time.Millisecond))
 
+	// SIGHUP: RELOADING=1 (with MONOTONIC_USEC, for Type=notify-reload),
+	// then READY=1 once the new configuration serves; pings go on.
+	d.signal(t, syscall.SIGHUP)
+	reloading, _, ok := sock.next("RELOADING=1", 5*time.Second)
+	if !ok {
+		t.Fatalf("no RELOADING=1 within 5s of SIGHUP; log:\n%s", d.Log())
+	}
+	if !slices.ContainsFunc(reloading.lines, func(l string) bool { return strings.HasPrefix(l, "MONOTONIC_USEC=") }) {
+		t.Errorf("RELOADING=1 without MONOTONIC_USEC: %q", reloading.lines)
+	}
+	reloaded, _, ok := sock.next("READY=1", 5*time.Second)
+	if !ok {
+		t.Fatalf("no READY=1 within 5s after RELOADING=1; log:\n%s", d.Log())
+	}
+	t.Logf("SIGHUP: READY=1 %s after RELOADING=1", reloaded.at.Sub(reloading.at).Round(time.Millisecond))
+	if _, _, ok := sock.next("WATCHDOG=1", time.Second); !ok {
+		t.Errorf("no WATCHDOG=1 within 1s after the reload")
+	}
+
 	// Every upstream down: the probe zone is answered locally, pings go on.
 	up.cluster.Stop()
 	up.vnet.Stop()
