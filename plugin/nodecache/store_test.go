@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/miekg/dns"
 )
@@ -87,10 +88,11 @@ func TestFloodKeepsBudgetAndHotNames(t *testing.T) {
 	runtime.GC()
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
-	if grow := int64(after.HeapAlloc) - int64(before.HeapAlloc); grow > 2*budget {
+	grow := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if grow > 2*budget {
 		t.Fatalf("heap grew by %d bytes for a %d byte budget", grow, budget)
 	}
-	t.Logf("%d entries, %d accounted bytes of %d, %d evictions", s.Len(), s.Bytes(), budget, s.Evictions())
+	t.Logf("%d entries, %d accounted bytes of %d, %d evictions, heap grew %d bytes", s.Len(), s.Bytes(), budget, s.Evictions(), grow)
 }
 
 func TestResizeEvicts(t *testing.T) {
@@ -121,5 +123,13 @@ func TestReplaceKeepsAccounting(t *testing.T) {
 	s.remove(e)
 	if s.Len() != 0 || s.bytes.Load() != 0 {
 		t.Fatalf("after remove: %d entries, %d bytes", s.Len(), s.bytes.Load())
+	}
+}
+
+// TestEntryOverheadCoversStruct keeps the per-entry accounting honest when
+// the entry struct grows: the overhead must cover the struct and a map slot.
+func TestEntryOverheadCoversStruct(t *testing.T) {
+	if need := unsafe.Sizeof(entry{}) + 24; uintptr(entryOverhead) < need {
+		t.Fatalf("entryOverhead %d < %d (struct + map slot)", entryOverhead, need)
 	}
 }
