@@ -12,7 +12,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,40 +46,44 @@ type goldenCase struct {
 	tcpOnly       bool    // upstreams listen on TCP only: every block must force TCP
 	kubeRoot      string  // where the cluster listener's "." goes (default cluster)
 	kubeUncached  bool    // the cluster listener's "." caches nothing
-	extra         []route // routes beyond the common ones
+	extra         []route // routes beyond the common ones; {run} in a name is the start's number
 }
 
 var goldenCases = []goldenCase{
 	{file: "aks-default.yaml"},
 	{file: "aks-nodepool.json"},
 	{file: "custom-zones.yaml", extra: []route{
-		{"cluster", "app.corp.example.com.", dns.TypeA, "vnet", false},
-		{"node", "app2.corp.example.com.", dns.TypeA, "vnet", false},
-		{"cluster", "7.1.168.192.in-addr.arpa.", dns.TypePTR, "vnet", false},
-		{"node", "9.1.168.192.in-addr.arpa.", dns.TypePTR, "cluster", false},
-		{"node", "svc.stub.example.", dns.TypeA, "cluster", false},
-		{"cluster", "svc2.stub.example.", dns.TypeA, "cluster", false},
+		{"cluster", "app-{run}.corp.example.com.", dns.TypeA, "vnet", false},
+		{"node", "app2-{run}.corp.example.com.", dns.TypeA, "vnet", false},
+		{"cluster", "{run}.1.168.192.in-addr.arpa.", dns.TypePTR, "vnet", false},
+		{"node", "{run}.2.168.192.in-addr.arpa.", dns.TypePTR, "cluster", false},
+		{"node", "svc-{run}.stub.example.", dns.TypeA, "cluster", false},
+		{"cluster", "svc2-{run}.stub.example.", dns.TypeA, "cluster", false},
 	}},
 	{file: "force-tcp.yaml", tcpOnly: true},
 	{file: "serve-stale-disable.yaml"},
 	{file: "custom-cluster-domain.yaml", clusterDomain: "k8s.corp.example", extra: []route{
 		// cluster.local is not this cluster's domain: the VNet answers it.
-		{"node", "web.other.svc.cluster.local.", dns.TypeA, "vnet", false},
-		{"cluster", "web2.other.svc.cluster.local.", dns.TypeA, "cluster", false},
+		{"node", "web.other-{run}.svc.cluster.local.", dns.TypeA, "vnet", false},
+		{"cluster", "web2.other-{run}.svc.cluster.local.", dns.TypeA, "cluster", false},
 	}},
 	{file: "coredns-engine.yaml", extra: []route{
-		{"cluster", "a.nocache.example.", dns.TypeA, "vnet", true},
+		{"cluster", "a-{run}.nocache.example.", dns.TypeA, "vnet", true},
 	}},
 	{file: "edge-values.yaml", kubeUncached: true},
 }
 
 func (c goldenCase) name() string { return strings.TrimSuffix(c.file, filepath.Ext(c.file)) }
 
+// serveRuns numbers the in-process starts, so that names are unique per
+// start even with -count: the cache is process-wide.
+var serveRuns atomic.Int32
+
 // routes returns the queries every profile must route: the root of each
 // listener, the cluster domain and the reverse zones from both, and the
-// search-path junk answered locally. Names are unique per case so that no
-// answer comes from an earlier case's cache.
-func (c goldenCase) routes(idx int) []route {
+// search-path junk answered locally. Names are unique per start so that no
+// answer comes from an earlier start's cache.
+func (c goldenCase) routes(run int) []route {
 	cd := c.clusterDomain
 	if cd == "" {
 		cd = "cluster.local"
@@ -86,18 +92,22 @@ func (c goldenCase) routes(idx int) []route {
 	if kubeRoot == "" {
 		kubeRoot = "cluster"
 	}
-	tag := c.name()
+	tag := fmt.Sprintf("%s-%d", c.name(), run)
 	rs := []route{
 		{"node", "www." + tag + ".example.net.", dns.TypeA, "vnet", false},
 		{"cluster", "www2." + tag + ".example.net.", dns.TypeA, kubeRoot, c.kubeUncached},
 		{"node", "kubernetes." + tag + ".svc." + cd + ".", dns.TypeA, "cluster", false},
 		{"cluster", "web." + tag + ".svc." + cd + ".", dns.TypeA, "cluster", false},
-		{"node", fmt.Sprintf("%d.0.0.10.in-addr.arpa.", idx+1), dns.TypePTR, "cluster", false},
-		{"cluster", fmt.Sprintf("%d.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.", idx+1), dns.TypePTR, "cluster", false},
+		{"node", fmt.Sprintf("%d.%d.0.10.in-addr.arpa.", run%256, run/256), dns.TypePTR, "cluster", false},
+		{"cluster", fmt.Sprintf("%x.%x.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.", run%16, run/16%16), dns.TypePTR, "cluster", false},
 		{"node", "a.b.c." + tag + ".internal.cloudapp.net.", dns.TypeA, "nxdomain", false},
 		{"cluster", "x." + tag + ".reddog.microsoft.com.", dns.TypeA, "nxdomain", false},
 	}
-	return append(rs, c.extra...)
+	for _, r := range c.extra {
+		r.name = strings.ReplaceAll(r.name, "{run}", fmt.Sprint(run%256))
+		rs = append(rs, r)
+	}
+	return rs
 }
 
 // render renders a testdata profile the way `localdns render` does.
@@ -194,22 +204,26 @@ func TestGoldenProfilesServe(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a CoreDNS instance per profile")
 	}
-	for i, c := range goldenCases {
-		t.Run(c.name(), func(t *testing.T) { serveCase(t, i, c) })
+	for _, c := range goldenCases {
+		t.Run(c.name(), func(t *testing.T) { serveCase(t, c) })
 	}
 }
 
-func serveCase(t *testing.T, idx int, c goldenCase) {
-	cluster := testdns.Start(t, "192.0.2.10")
-	vnet := testdns.Start(t, "192.0.2.20")
+func serveCase(t *testing.T, c goldenCase) {
+	run := int(serveRuns.Add(1))
+	cluster := startUpstream(t, "192.0.2.10")
+	vnet := startUpstream(t, "192.0.2.20")
 	clusterAddr, vnetAddr := cluster.Addr, vnet.Addr
 	if c.tcpOnly {
 		clusterAddr, vnetAddr = tcpOnly(t, cluster), tcpOnly(t, vnet)
 	}
+	// Everything on the listener addresses, none on 127.0.0.1: clients'
+	// ephemeral ports (and their TIME_WAIT) live on 127.0.0.1.
 	lp := loopback{node: "127.0.0.11", cluster: "127.0.0.12"}
-	lp.port = freePort(t, lp.node, lp.cluster)
-	lp.ready = freePort(t, lp.node, lp.cluster)
-	lp.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t, "127.0.0.1"))
+	ports := freePorts(t, 4, lp.node, lp.cluster)
+	lp.port, lp.ready = ports[0], ports[1]
+	lp.metrics = net.JoinHostPort(lp.node, fmt.Sprint(ports[2]))
+	lp.health = net.JoinHostPort(lp.cluster, fmt.Sprint(ports[3]))
 	dir := t.TempDir()
 	path, snapshot := lp.write(t, filepath.Join("testdata", c.file), dir, clusterAddr, vnetAddr)
 
@@ -230,7 +244,7 @@ func serveCase(t *testing.T, idx int, c goldenCase) {
 		"node":    net.JoinHostPort(lp.node, fmt.Sprint(lp.port)),
 		"cluster": net.JoinHostPort(lp.cluster, fmt.Sprint(lp.port)),
 	}
-	for _, r := range c.routes(idx) {
+	for _, r := range c.routes(run) {
 		checkRoute(t, addr[r.listener], r, ups)
 	}
 	// The probe zone answers on both listeners, over UDP and TCP.
@@ -309,7 +323,9 @@ func checkRoute(t *testing.T, addr string, r route, ups map[string]*testdns.Upst
 
 func checkHTTP(t *testing.T, url, want string) {
 	t.Helper()
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	// No keep-alive: an idle connection would hold a loopback port that a
+	// later test server may want.
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
 	var last string
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		resp, err := c.Get(url)
@@ -322,20 +338,20 @@ func checkHTTP(t *testing.T, url, want string) {
 		if resp.StatusCode == http.StatusOK && strings.Contains(string(body), want) {
 			return
 		}
-		last = fmt.Sprintf("%s: %.200s", resp.Status, body)
+		last = fmt.Sprintf("%s: %s", resp.Status, body)
 	}
 	t.Errorf("GET %s: want 200 with %q, last: %s", url, want, last)
 }
 
 // loopback holds the addresses a profile is moved to for an in-process run.
 type loopback struct {
-	node, cluster string
-	port, ready   int
-	metrics       string
+	node, cluster   string
+	port, ready     int
+	metrics, health string
 }
 
-// write rewrites the profile at src for loopback: listeners, ports, metrics,
-// the two upstreams, no network management and a snapshot in dir. It
+// write rewrites the profile at src for loopback: listeners, ports, metrics
+// and health endpoints, the two upstreams, no network management and a snapshot in dir. It
 // returns the new profile's path and the snapshot path ("" if the profile
 // disables snapshots).
 func (lp loopback) write(t *testing.T, src, dir, clusterAddr, vnetAddr string) (string, string) {
@@ -360,6 +376,7 @@ func (lp loopback) write(t *testing.T, src, dir, clusterAddr, vnetAddr string) (
 	set(doc, "port", lp.port)
 	set(doc, "readyPort", lp.ready)
 	set(doc, "metrics", lp.metrics)
+	set(doc, "health", lp.health)
 	set(doc, "clusterDNS", []any{clusterAddr})
 	set(doc, "vnetDNS", []any{vnetAddr})
 	set(doc, "network", map[string]any{"manage": false})
@@ -387,22 +404,26 @@ func (lp loopback) write(t *testing.T, src, dir, clusterAddr, vnetAddr string) (
 	return path, snapshot
 }
 
-// freePort returns a port free for UDP and TCP on every one of addrs.
-func freePort(t *testing.T, addrs ...string) int {
+// freePorts returns n different ports, each free for UDP and TCP on every
+// one of addrs.
+func freePorts(t *testing.T, n int, addrs ...string) []int {
 	t.Helper()
-	for try := 0; try < 50; try++ {
+	var ports []int
+	for try := 0; len(ports) < n; try++ {
+		if try == 100 {
+			t.Fatalf("no %d ports free on all of %v", n, addrs)
+		}
 		ln, err := net.Listen("tcp", net.JoinHostPort(addrs[0], "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		port := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
-		if portFree(port, addrs...) {
-			return port
+		if !slices.Contains(ports, port) && portFree(port, addrs...) {
+			ports = append(ports, port)
 		}
 	}
-	t.Fatalf("no port free on all of %v", addrs)
-	return 0
+	return ports
 }
 
 func portFree(port int, addrs ...string) bool {
@@ -426,6 +447,42 @@ func portFree(port int, addrs ...string) bool {
 		closers = append(closers, pc)
 	}
 	return true
+}
+
+// startUpstream is testdns.Start, retried: it binds UDP on port 0 and then
+// TCP on the same port, which fails while a client connection that used
+// that port as its ephemeral port sits in TIME_WAIT (a few percent of tries
+// on a busy machine).
+func startUpstream(t *testing.T, answer string) *testdns.Upstream {
+	t.Helper()
+	for try := 0; ; try++ {
+		if u, err := tryStartUpstream(t, answer); err == nil {
+			return u
+		} else if try == 20 {
+			t.Fatalf("start a test upstream: %v", err)
+		}
+	}
+}
+
+// fatalTB turns testdns.Start's Fatal into an error for the retry.
+type fatalTB struct{ testing.TB }
+
+type fatalErr struct{ msg string }
+
+func (f fatalTB) Fatal(args ...any)                 { panic(fatalErr{fmt.Sprint(args...)}) }
+func (f fatalTB) Fatalf(format string, args ...any) { panic(fatalErr{fmt.Sprintf(format, args...)}) }
+
+func tryStartUpstream(t *testing.T, answer string) (u *testdns.Upstream, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(fatalErr)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("%s", f.msg)
+		}
+	}()
+	return testdns.Start(fatalTB{t}, answer), nil
 }
 
 // tcpOnly serves u's answers on a TCP-only address: a query sent over UDP
