@@ -147,7 +147,9 @@ func extDNSCmd(args []string) error {
 
 // sockactCmd holds the sockets and runs the command after "--" on them,
 // restarting it on SIGHUP and stopping it on SIGTERM. If the service exits
-// on its own, sockact exits 3 so the lab sees it.
+// on its own, it is started again as systemd would (the sockets still get
+// traffic), up to systemd's default start limit; past that, or without held
+// sockets, sockact exits 3 so the lab sees it.
 func sockactCmd(args []string) error {
 	fs := flag.NewFlagSet("sockact", flag.ContinueOnError)
 	var specs []sockact.Spec
@@ -171,6 +173,7 @@ func sockactCmd(args []string) error {
 	if err := s.Start(); err != nil {
 		return err
 	}
+	var starts []time.Time
 	for {
 		select {
 		case sig := <-sigs:
@@ -184,8 +187,24 @@ func sockactCmd(args []string) error {
 			}
 			return s.Stop(*stopTimeout)
 		case <-s.Exited():
-			fmt.Fprintln(os.Stderr, "sockact: service exited on its own")
-			return exitCode(3)
+			// systemd starts a socket-activated service again when traffic
+			// arrives on its sockets (and with Restart=on-failure), until
+			// the start limit (5 starts in 10 s by default) is hit.
+			now := time.Now()
+			starts = append(starts, now)
+			for len(starts) > 0 && now.Sub(starts[0]) > 10*time.Second {
+				starts = starts[1:]
+			}
+			if len(specs) == 0 || len(starts) > 5 {
+				fmt.Fprintln(os.Stderr, "sockact: service exited on its own; giving up (start limit)")
+				return exitCode(3)
+			}
+			fmt.Fprintln(os.Stderr, "sockact: service exited on its own; starting it again (socket activation)")
+			s.Stop(time.Second) // already exited: only clears it
+			time.Sleep(100 * time.Millisecond) // systemd's RestartSec default
+			if err := s.Start(); err != nil {
+				return err
+			}
 		}
 	}
 }

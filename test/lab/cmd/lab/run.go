@@ -717,6 +717,11 @@ func (l *lab) restarts() error {
 	if err := <-errc; err != nil {
 		return err
 	}
+	if n := strings.Count(l.localdn.tail(1<<20), "service exited on its own"); n > 0 {
+		note := fmt.Sprintf("localdns exited on its own %d times during the restart run and was started again by the harness, as systemd would on traffic to its sockets", n)
+		l.res.Notes = append(l.res.Notes, note)
+		logf("  %s", note)
+	}
 	l.keepFailures("restart", res)
 	p := l.withCounters(report.FromResult("localdns", "mixed", fmt.Sprintf("%d restarts", len(v.restartAt)), res, restartTimeout), before, l.counters())
 	l.res.Restart = p
