@@ -10,19 +10,19 @@ import (
 	"github.com/coredns/coredns/plugin/pkg/proxy"
 )
 
-// healthKey identifies one health-checked upstream. Server blocks of one
-// CoreDNS instance that name the same upstream in the same group share one
-// health state: one probe stream per upstream instead of one per block, and
-// one unambiguous healthy gauge series.
-type healthKey struct{ group, addr string }
+// healthKey identifies one health-checked upstream and its probe name.
+// Server blocks of one CoreDNS instance that name the same upstream in the
+// same group with the same probe share one health state: one probe stream
+// per upstream instead of one per block.
+type healthKey struct{ group, addr, domain string }
 
-// healthSettings are how an upstream is checked. The first block that names
-// an upstream sets them; a later block that differs gets a warning.
+// healthSettings are the rest of how an upstream is checked. The first block
+// that names an upstream sets them; a later block that differs gets a
+// warning.
 type healthSettings struct {
 	tcp      bool
 	interval time.Duration
 	noRec    bool
-	domain   string
 	maxfails uint32
 }
 
@@ -32,7 +32,8 @@ type healthSettings struct {
 type health struct {
 	key healthKey
 	healthSettings
-	p *proxy.Proxy
+	p   *proxy.Proxy
+	set *healthSet
 
 	// fails counts failed checks in a row. Unlike the proxy's own counter,
 	// a real query that gets an answer resets it too: behind a service IP
@@ -93,7 +94,7 @@ func (h *health) loop(ctx context.Context) {
 	}
 }
 
-// check runs one health check (proxy's ". IN NS" probe) and publishes the
+// check runs one health check (proxy's NS probe) and publishes the
 // resulting state.
 func (h *health) check() {
 	if err := h.p.GetHealthchecker().Check(h.p); err != nil {
@@ -104,21 +105,17 @@ func (h *health) check() {
 	h.publish()
 }
 
-// publish sets the healthy gauge and logs state changes.
+// publish records the state, logs changes and updates the healthy gauge.
 func (h *health) publish() {
 	up := !h.down()
-	v := 0.0
-	if up {
-		v = 1
-	}
-	healthy.WithLabelValues(h.key.group, h.key.addr).Set(v)
 	if h.healthy.Swap(up) != up {
 		if up {
 			log.Infof("Upstream %s (%s) is healthy again", h.key.addr, h.key.group)
 		} else {
-			log.Warningf("Upstream %s (%s) is down after %d failed health checks", h.key.addr, h.key.group, h.fails.Load())
+			log.Warningf("Upstream %s (%s) is down after %d failed probes (%s NS)", h.key.addr, h.key.group, h.fails.Load(), h.key.domain)
 		}
 	}
+	h.set.publish(h.key.group, h.key.addr)
 }
 
 // healthSet holds the health states of one CoreDNS instance. It lives in the
@@ -128,6 +125,7 @@ type healthSet struct {
 	mu      sync.Mutex
 	entries map[healthKey]*health
 	cancel  context.CancelFunc
+	stopped bool
 }
 
 type healthSetKey struct{}
@@ -156,11 +154,11 @@ func (hs *healthSet) get(k healthKey, set healthSettings) *health {
 		}
 		return h
 	}
-	h := &health{key: k, healthSettings: set, p: proxy.NewProxy(pluginName, k.addr, "dns"), kick: make(chan struct{}, 1)}
+	h := &health{key: k, healthSettings: set, p: proxy.NewProxy(pluginName, k.addr, "dns"), set: hs, kick: make(chan struct{}, 1)}
 	h.healthy.Store(true)
 	hc := h.p.GetHealthchecker()
 	hc.SetRecursionDesired(!set.noRec)
-	hc.SetDomain(set.domain)
+	hc.SetDomain(k.domain)
 	if set.tcp {
 		hc.SetTCPTransport()
 	}
@@ -191,7 +189,27 @@ func (hs *healthSet) stop() {
 	if hs.cancel != nil {
 		hs.cancel()
 	}
+	hs.stopped = true
 	for k := range hs.entries {
 		healthy.DeleteLabelValues(k.group, k.addr)
 	}
+}
+
+// publish sets the healthy gauge of (group, addr). An upstream probed with
+// two names (by blocks that want different probes) is healthy while either
+// probe passes: the gauge says whether it answers at all.
+func (hs *healthSet) publish(group, addr string) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if hs.stopped {
+		return
+	}
+	v := 0.0
+	for k, h := range hs.entries {
+		if k.group == group && k.addr == addr && h.healthy.Load() {
+			v = 1
+			break
+		}
+	}
+	healthy.WithLabelValues(group, addr).Set(v)
 }

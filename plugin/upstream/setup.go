@@ -96,28 +96,31 @@ func newUpstream(cfg *config, hs *healthSet) *Upstream {
 	u.opts.PreferUDP = !cfg.forceTCP
 	u.opts.ForceTCP = cfg.forceTCP
 
-	u.route = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy, cfg.probeDomain())
+	u.route = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy, cfg.probeDomain(true))
 	if len(cfg.failover) > 0 {
 		// The failover group shares the policy's rule but not its state.
 		p, _ := newPolicy(cfg.policy.String())
-		u.failover = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p, cfg.probeDomain())
+		u.failover = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p, cfg.probeDomain(false))
 	}
 	return u
 }
 
-// probeDomain is the name the health probes ask NS for. Unless set, it is
-// the first never_failover zone (the cluster domain): cluster DNS answers it
-// itself, and a VNet resolver answers NXDOMAIN at once. Forward's "." would
-// make cluster DNS's health depend on the VNet DNS it forwards "." to: in a
-// VNet DNS outage its ". NS" answer comes after the probe's timeout, and a
-// working cluster DNS would be marked down with every cluster name failing.
-// One name for every group keeps the settings of blocks that share an
-// upstream the same.
-func (cfg *config) probeDomain() string {
+// probeDomain is the name a group's health probes ask NS for. The failover
+// group (recursive VNet resolvers) is probed with ".", like forward does.
+// The route group of a block with a failover group is cluster DNS; unless
+// "domain" says otherwise it is probed with the first never_failover zone
+// (the cluster domain), which it answers itself. Probing it with "." would
+// make its health depend on the VNet DNS it forwards "." to: in a VNet DNS
+// outage its ". NS" answer comes after the probe's timeout, and a working
+// cluster DNS would be marked down with every cluster name failing. A route
+// group without a failover group is probed with ".".
+func (cfg *config) probeDomain(route bool) string {
 	switch {
+	case !route:
+		return "."
 	case cfg.hcDomain != "":
 		return cfg.hcDomain
-	case len(cfg.neverFailover) > 0:
+	case len(cfg.failover) > 0 && len(cfg.neverFailover) > 0:
 		return cfg.neverFailover[0]
 	}
 	return "."
@@ -130,11 +133,10 @@ func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol polic
 			p:     proxy.NewProxy(pluginName, addr, "dns"),
 			group: name,
 			addr:  addr,
-			h: hs.get(healthKey{group: name, addr: addr}, healthSettings{
+			h: hs.get(healthKey{group: name, addr: addr, domain: probe}, healthSettings{
 				tcp:      cfg.forceTCP,
 				interval: cfg.hcInterval,
 				noRec:    cfg.hcNoRec,
-				domain:   probe,
 				maxfails: cfg.maxFails,
 			}),
 		}

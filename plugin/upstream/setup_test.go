@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/coredns/caddy"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 func TestParse(t *testing.T) {
@@ -41,8 +43,8 @@ func TestParse(t *testing.T) {
 	if !cfg.forceTCP || cfg.policy.String() != "round_robin" || cfg.maxConcurrent != 50 {
 		t.Errorf("protocol/policy/max_concurrent: got %v %s %d", cfg.forceTCP, cfg.policy, cfg.maxConcurrent)
 	}
-	if d := cfg.probeDomain(); d != "example.org." {
-		t.Errorf("probe domain with domain set: got %q, want example.org.", d)
+	if r, f := cfg.probeDomain(true), cfg.probeDomain(false); r != "example.org." || f != "." {
+		t.Errorf("probe domains with domain set: route %q, failover %q; want example.org. and .", r, f)
 	}
 	if cfg.hcInterval != 2*time.Second || !cfg.hcNoRec || cfg.hcDomain != "example.org." || cfg.maxFails != 4 || cfg.spread != 25*time.Millisecond {
 		t.Errorf("health_check/max_fails/spread: got %s %v %s %d %v", cfg.hcInterval, cfg.hcNoRec, cfg.hcDomain, cfg.maxFails, cfg.spread)
@@ -59,8 +61,12 @@ func TestParseDefaults(t *testing.T) {
 		cfg.routeName != "route" || cfg.failoverName != "failover" || len(cfg.failover) != 0 {
 		t.Errorf("defaults: got %+v", cfg)
 	}
-	if d := cfg.probeDomain(); d != "cluster.local." {
-		t.Errorf("probe domain: got %q, want cluster.local.", d)
+	if r, f := cfg.probeDomain(true), cfg.probeDomain(false); r != "." || f != "." {
+		t.Errorf("probe domains without failover: route %q, failover %q; want . and .", r, f)
+	}
+	cfg.failover = []string{"10.0.0.53:53"}
+	if r, f := cfg.probeDomain(true), cfg.probeDomain(false); r != "cluster.local." || f != "." {
+		t.Errorf("probe domains with failover: route %q, failover %q; want cluster.local. and .", r, f)
 	}
 	cfg, err = parseConfig(caddy.NewTestController("dns", "upstream {\n to 10.0.0.10\n protocol force_tcp\n}"))
 	if err != nil {
@@ -148,5 +154,62 @@ func TestPolicies(t *testing.T) {
 	}
 	if ms[0].addr != "a" || ms[1].addr != "b" || ms[2].addr != "c" {
 		t.Errorf("a policy reordered the group's own list")
+	}
+}
+
+func TestHealthGaugeAggregatesProbes(t *testing.T) {
+	hs := &healthSet{entries: map[healthKey]*health{}}
+	set := healthSettings{interval: time.Second, maxfails: 2}
+	root := hs.get(healthKey{"agg", "192.0.2.99:53", "."}, set)
+	zone := hs.get(healthKey{"agg", "192.0.2.99:53", "cluster.local."}, set)
+	if hs.get(healthKey{"agg", "192.0.2.99:53", "."}, set) != root {
+		t.Fatal("same key, different health state")
+	}
+	// series returns the values of the gauge series of group "agg".
+	series := func() []float64 {
+		ch := make(chan prometheus.Metric, 1000)
+		healthy.Collect(ch)
+		close(ch)
+		var vs []float64
+		for m := range ch {
+			var d dto.Metric
+			if err := m.Write(&d); err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range d.GetLabel() {
+				if l.GetName() == "group" && l.GetValue() == "agg" {
+					vs = append(vs, d.GetGauge().GetValue())
+				}
+			}
+		}
+		return vs
+	}
+	gauge := func() float64 {
+		vs := series()
+		if len(vs) != 1 {
+			t.Fatalf("%d gauge series for the upstream, want 1", len(vs))
+		}
+		return vs[0]
+	}
+
+	root.fails.Store(3)
+	root.publish()
+	if !zone.healthy.Load() || root.healthy.Load() || gauge() != 1 {
+		t.Errorf("one probe failing: gauge %v, want 1 (the upstream still answers the other)", gauge())
+	}
+	zone.fails.Store(3)
+	zone.publish()
+	if gauge() != 0 {
+		t.Errorf("both probes failing: gauge %v, want 0", gauge())
+	}
+	root.answered()
+	root.publish()
+	if gauge() != 1 || root.down() {
+		t.Errorf("after an answered query: gauge %v, down %v; want 1, false", gauge(), root.down())
+	}
+	hs.stop()
+	zone.publish()
+	if n := len(series()); n != 0 {
+		t.Errorf("after stop: %d gauge series left, want 0", n)
 	}
 }
