@@ -29,7 +29,8 @@ type Phase struct {
 	Misses   float64   // localdns cache misses
 	Stale    float64   // stale answers localdns served
 
-	MachineBusy float64 // share of the machine's CPU busy during the phase (lab included)
+	MachineBusy  float64 // share of the machine's CPU busy during the phase (lab included)
+	EmulationCPU float64 // CPU seconds the emulation (delay proxies, external resolver) used
 	LoadAvg     float64 // 1-minute load average at the end of the phase
 }
 

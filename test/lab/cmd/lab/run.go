@@ -764,6 +764,7 @@ func (l *lab) localdnsPID() (int, error) {
 // counters are the servers' cumulative counters at one moment.
 type counters struct {
 	cpu     cpuTimes
+	emuCPU  float64 // CPU seconds of the emulation: delay proxies, external resolver
 	coredns []float64
 	ext     float64
 	hits    float64
@@ -773,6 +774,11 @@ type counters struct {
 
 func (l *lab) counters() counters {
 	c := counters{cpu: readCPU()}
+	for _, p := range l.procs.list {
+		if strings.HasSuffix(p.name, "-hop") || p.name == "extdns" {
+			c.emuCPU += procCPU(p.cmd.Process.Pid)
+		}
+	}
 	for _, p := range topo.CoreDNSPods {
 		c.coredns = append(c.coredns, metricSum(l.fetch(p.Netns, "127.0.0.1:9153"), "coredns_dns_requests_total"))
 	}
@@ -795,6 +801,7 @@ func (l *lab) withCounters(p report.Phase, before, after counters) report.Phase 
 	p.Misses = after.misses - before.misses
 	p.Stale = after.stale - before.stale
 	p.MachineBusy = after.cpu.busySince(before.cpu)
+	p.EmulationCPU = after.emuCPU - before.emuCPU
 	p.LoadAvg = loadAvg()
 	return p
 }
@@ -902,4 +909,24 @@ func loadAvg() float64 {
 	f := strings.Fields(string(data))
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
+}
+
+// procCPU returns the CPU seconds (user + system) process pid has used.
+func procCPU(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may contain spaces) in ")".
+	_, rest, ok := strings.Cut(string(data), ") ")
+	if !ok {
+		return 0
+	}
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100 // USER_HZ
 }
