@@ -31,7 +31,7 @@ type Phase struct {
 
 	MachineBusy  float64 // share of the machine's CPU busy during the phase (lab included)
 	EmulationCPU float64 // CPU seconds the emulation (delay proxies, external resolver) used
-	LoadAvg     float64 // 1-minute load average at the end of the phase
+	LoadAvg      float64 // 1-minute load average at the end of the phase
 }
 
 // FromResult fills the dnsperf side of a phase. Percentiles are over every

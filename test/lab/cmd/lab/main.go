@@ -200,7 +200,7 @@ func sockactCmd(args []string) error {
 				return exitCode(3)
 			}
 			fmt.Fprintln(os.Stderr, "sockact: service exited on its own; starting it again (socket activation)")
-			s.Stop(time.Second) // already exited: only clears it
+			s.Stop(time.Second)                // already exited: only clears it
 			time.Sleep(100 * time.Millisecond) // systemd's RestartSec default
 			if err := s.Start(); err != nil {
 				return err
