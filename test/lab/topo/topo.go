@@ -23,9 +23,11 @@ package topo
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // Prefix starts the name of every namespace the lab creates; leftovers are
@@ -246,4 +248,22 @@ func RestoreUpstreams() error {
 		return fmt.Errorf("restore upstreams: %w", err)
 	}
 	return nil
+}
+
+// LockPath is the lock a process holds while it owns the lab's namespaces.
+const LockPath = "/run/ldlab.lock"
+
+// Lock takes LockPath without waiting: only one lab (or topology test) may
+// own the namespaces, or one would tear down the other's. Close the file to
+// release it.
+func Lock() (*os.File, error) {
+	f, err := os.OpenFile(LockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lab lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another lab holds %s: %w", LockPath, err)
+	}
+	return f, nil
 }

@@ -81,6 +81,11 @@ func TestBuildAndTeardown(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}
+	lock, err := Lock()
+	if err != nil {
+		t.Skipf("a lab is running: %v", err)
+	}
+	defer lock.Close()
 	if left, err := Leftovers(); err != nil || len(left) > 0 {
 		t.Skipf("lab namespaces exist (a lab is running?): %v %v", left, err)
 	}

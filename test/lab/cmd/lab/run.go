@@ -139,14 +139,11 @@ func runCmd(args []string) error {
 	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait}
 
 	// One lab at a time: a second run would tear down the first's network.
-	lock, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	lock, err := topo.Lock()
 	if err != nil {
 		return err
 	}
 	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		return fmt.Errorf("another lab holds %s: %w", lockPath, err)
-	}
 
 	// Leftovers of a killed run: end their processes, delete them.
 	if left, err := topo.Leftovers(); err != nil {
@@ -213,10 +210,12 @@ func runCmd(args []string) error {
 	return nil
 }
 
-// lockPath is the lock a running lab holds.
-const lockPath = "/run/ldlab.lock"
-
 func cleanCmd(args []string) error {
+	lock, err := topo.Lock()
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	left, err := topo.Leftovers()
 	if err != nil {
 		return err
