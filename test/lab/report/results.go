@@ -31,6 +31,8 @@ type Phase struct {
 
 	MachineBusy  float64 // share of the machine's CPU busy during the phase (lab included)
 	EmulationCPU float64 // CPU seconds the emulation (delay proxies, external resolver) used
+	CoreDNSCPU   float64 // CPU seconds both CoreDNS pods used
+	LocalDNSCPU  float64 // CPU seconds localdns used
 	LoadAvg      float64 // 1-minute load average at the end of the phase
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Write writes results.json, the charts and REPORT.md into dir.
@@ -73,19 +74,19 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 
 	b.WriteString("\n## Latency (cache-hit traffic after a warm-up)\n\n")
 	b.WriteString("Per-query times from dnsperf's verbose output, percentiles by nearest rank over every query sent (both pods together); a query without an answer within dnsperf's timeout counts as taking the timeout.\n\n")
-	b.WriteString("| names | scenario | p50 | p95 | p99 | p99.9 | max | success | queries | achieved QPS | machine CPU busy / load | emulation CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| names | scenario | p50 | p95 | p99 | p99.9 | max | success | queries | achieved QPS | machine CPU busy / load | CPU: CoreDNS / localdns / emulation |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range Classes {
 		for _, sc := range []struct {
 			name string
 			p    Phase
 		}{{"centralized", r.Centralized[c]}, {"localdns", r.LocalDNS[c]}} {
 			p := sc.p
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.3f%% | %d | %.0f | %.0f%% / %.1f | %.0f%% |\n", c, sc.name,
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.3f%% | %d | %.0f | %.0f%% / %.1f | %.0f%% / %.0f%% / %.0f%% |\n", c, sc.name,
 				fmtDur(p.P50), fmtDur(p.P95), fmtDur(p.P99), fmtDur(p.P999), fmtDur(p.Max), 100*p.SuccessRate(), p.Sent, p.QPS(), 100*p.MachineBusy, p.LoadAvg,
-				100*p.EmulationCPU/max(p.Elapsed.Seconds(), 1e-9))
+				pct(p.CoreDNSCPU, p.Elapsed), pct(p.LocalDNSCPU, p.Elapsed), pct(p.EmulationCPU, p.Elapsed))
 		}
 	}
-	b.WriteString("\nThe last column is the whole machine (shared with other work): how busy its CPUs were during the phase, the lab included, and the 1-minute load average at its end. Latency tails on a saturated machine measure the CPU scheduler as much as the resolvers. Emulation CPU is the share of one core the delay proxies and the external resolver used: CPU a real network hop would not take from the CoreDNS pods, so it weighs on the centralized scenario.\n\n")
+	b.WriteString("\nThe last column is the whole machine (shared with other work): how busy its CPUs were during the phase, the lab included, and the 1-minute load average at its end. Latency tails on a saturated machine measure the CPU scheduler as much as the resolvers. The CPU column is in percent of one core: both CoreDNS pods, localdns, and the emulation (delay proxies and external resolver), whose CPU a real network hop would not take from the CoreDNS pods, so it weighs on the centralized scenario.\n\n")
 	for _, c := range charts {
 		fmt.Fprintf(&b, "![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
 	}
@@ -170,4 +171,12 @@ func fmtCounts(m map[string]int) string {
 		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// pct is CPU seconds over a wall time, in percent of one core.
+func pct(cpu float64, wall time.Duration) float64 {
+	if wall <= 0 {
+		return 0
+	}
+	return 100 * cpu / wall.Seconds()
 }

@@ -764,6 +764,8 @@ func (l *lab) localdnsPID() (int, error) {
 type counters struct {
 	cpu     cpuTimes
 	emuCPU  float64 // CPU seconds of the emulation: delay proxies, external resolver
+	coreCPU float64 // CPU seconds of the CoreDNS pods
+	ldCPU   float64 // CPU seconds of localdns
 	coredns []float64
 	ext     float64
 	hits    float64
@@ -774,8 +776,16 @@ type counters struct {
 func (l *lab) counters() counters {
 	c := counters{cpu: readCPU()}
 	for _, p := range l.procs.list {
-		if strings.HasSuffix(p.name, "-hop") || p.name == "extdns" {
+		switch {
+		case strings.HasSuffix(p.name, "-hop") || p.name == "extdns":
 			c.emuCPU += procCPU(p.cmd.Process.Pid)
+		case strings.HasPrefix(p.name, "coredns-"):
+			c.coreCPU += procCPU(p.cmd.Process.Pid)
+		}
+	}
+	if l.localdn != nil {
+		if pid, err := l.localdnsPID(); err == nil {
+			c.ldCPU = procCPU(pid)
 		}
 	}
 	for _, p := range topo.CoreDNSPods {
@@ -801,6 +811,8 @@ func (l *lab) withCounters(p report.Phase, before, after counters) report.Phase 
 	p.Stale = after.stale - before.stale
 	p.MachineBusy = after.cpu.busySince(before.cpu)
 	p.EmulationCPU = after.emuCPU - before.emuCPU
+	p.CoreDNSCPU = after.coreCPU - before.coreCPU
+	p.LocalDNSCPU = max(after.ldCPU-before.ldCPU, 0) // a restart resets it
 	p.LoadAvg = loadAvg()
 	return p
 }
