@@ -197,3 +197,18 @@ func TestHitReportsRcodeToRecorders(t *testing.T) {
 		t.Fatal("answer not written through the recorders")
 	}
 }
+
+func TestAnswerWire(t *testing.T) {
+	s := NewStore(8 << 20)
+	s.put(testEntry(t, 6, "front.example.org.", 300, time.Now()))
+	h := &Nodecache{store: s, ns: 6, pol: defaultConfig().policy}
+	out := make([]byte, 4096)
+	n := h.AnswerWire(packQuery(t, "front.example.org.", dns.TypeA, 0, false), false, out)
+	m := new(dns.Msg)
+	if n == 0 || m.Unpack(out[:n]) != nil || len(m.Answer) != 1 {
+		t.Fatalf("hit: %d bytes, %v", n, m)
+	}
+	if n := h.AnswerWire(packQuery(t, "other.example.org.", dns.TypeA, 0, false), true, out); n != 0 {
+		t.Fatalf("miss wrote %d bytes", n)
+	}
+}
