@@ -10,6 +10,7 @@ import (
 
 	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/localdns/localdns/plugin/nodecache"
 )
@@ -613,4 +614,30 @@ func TestFloodThroughServer(t *testing.T) {
 		}
 	}
 	t.Logf("%d entries, %d of %d bytes, %d evictions", store.Len(), store.Bytes(), store.Budget(), store.Evictions())
+}
+
+func TestMetricNames(t *testing.T) {
+	freshStore(t)
+	up := startUpstream(t, aAnswer("192.0.2.100", 300))
+	s := startServer(t, corefile(up, ""))
+	ask(t, s.addr(0), "names.example.org.", qopt{})
+	ask(t, s.addr(0), "names.example.org.", qopt{})
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range families {
+		have[f.GetName()] = true
+	}
+	for _, name := range []string{
+		"localdns_cache_entries", "localdns_cache_size_bytes", "localdns_cache_budget_bytes",
+		"localdns_cache_hits_total", "localdns_cache_misses_total", "localdns_cache_evictions_total",
+		"localdns_cache_snapshot_saved_entries", "localdns_cache_snapshot_restored_entries",
+		"localdns_cache_snapshot_timestamp_seconds",
+	} {
+		if !have[name] {
+			t.Errorf("metric %s not registered with the default registerer", name)
+		}
+	}
 }
