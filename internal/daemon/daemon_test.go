@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/localdns/localdns/internal/testdns"
 )
@@ -143,5 +144,81 @@ func TestSocketBoundReadsProcNet(t *testing.T) {
 	defer ln.Close()
 	if got, _ := socketBound(netip.MustParseAddrPort(ln.Addr().String())); got != "tcp" {
 		t.Fatalf("listening tcp socket: got %q", got)
+	}
+}
+
+func gatherSum(t *testing.T, name string) float64 {
+	t.Helper()
+	fams, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total float64
+	for _, f := range fams {
+		if f.GetName() == name {
+			for _, m := range f.GetMetric() {
+				total += metricValue(m)
+			}
+		}
+	}
+	return total
+}
+
+// TestFastPathAnswersHits checks that cache hits are answered at the socket
+// (the fast-path counter moves, the upstream is not asked again) with the
+// client's ID and question casing, and a TTL that counts down.
+func TestFastPathAnswersHits(t *testing.T) {
+	up := testdns.Start(t, "192.0.2.7")
+	port := freePort(t)
+	path := filepath.Join(t.TempDir(), "Corefile")
+	text := fmt.Sprintf(`.:%d {
+    bind 127.0.0.1
+    frontend
+    nodecache {
+        max_ttl 3600
+        denial_ttl 3600
+        serve_stale immediate 3600
+        memory 8388608
+    }
+    forward . %s
+}
+`, port, up.Addr)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Start(context.Background(), Options{CorefilePath: path, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Stop()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+
+	testdns.Query(t, "udp", addr, "fast.example.", dns.TypeA) // miss: fills the cache
+	before := gatherSum(t, "localdns_fastpath_answers_total")
+	c := &dns.Client{Net: "udp", Timeout: 2 * time.Second}
+	for i := 0; i < 20; i++ {
+		m := new(dns.Msg)
+		m.SetQuestion("FaSt.ExAmPlE.", dns.TypeA)
+		m.Id = uint16(1000 + i)
+		r, _, err := c.Exchange(m, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Id != m.Id || r.Question[0].Name != "FaSt.ExAmPlE." || len(r.Answer) != 1 {
+			t.Fatalf("hit answered id %d question %q answers %d", r.Id, r.Question[0].Name, len(r.Answer))
+		}
+		if ttl := r.Answer[0].Header().Ttl; ttl > 300 || ttl < 290 {
+			t.Fatalf("hit TTL %d, want the upstream's 300 counted down", ttl)
+		}
+	}
+	if got := gatherSum(t, "localdns_fastpath_answers_total") - before; got != 20 {
+		t.Fatalf("fast path answered %v of 20 hits", got)
+	}
+	if n := up.Count("fast.example."); n != 1 {
+		t.Fatalf("upstream asked %d times, want 1", n)
+	}
+	// TCP goes through CoreDNS's server and the cache as usual.
+	if r := testdns.Query(t, "tcp", addr, "fast.example.", dns.TypeA); len(r.Answer) != 1 {
+		t.Fatalf("tcp hit: %v", r)
 	}
 }
