@@ -266,6 +266,11 @@ func (d *decoder) profile(p *Profile, root any) {
 		},
 		"metrics": func(path string, v any) { p.Metrics = d.hostPort(path, v, p.Metrics) },
 		"health":  func(path string, v any) { p.Health = d.hostPort(path, v, p.Health) },
+		"junk": func(path string, v any) {
+			d.fields(path, v, map[string]func(string, any){
+				"kubernetesschema": func(path string, v any) { p.JunkKubernetesSchema = d.bool(path, v, p.JunkKubernetesSchema) },
+			})
+		},
 		"cache": func(path string, v any) {
 			d.fields(path, v, map[string]func(string, any){
 				"engine": func(path string, v any) {

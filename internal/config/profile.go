@@ -134,6 +134,11 @@ type Profile struct {
 
 	Cache Cache
 
+	// JunkKubernetesSchema answers NXDOMAIN locally for names under the
+	// cluster domain that the Kubernetes DNS schema cannot produce (opt-in:
+	// wrong for clusters whose CoreDNS serves other names there).
+	JunkKubernetesSchema bool
+
 	// VnetDNSOverrides and KubeDNSOverrides are keyed by zone, normalised to
 	// lower case with a trailing dot ("." , "cluster.local.").
 	VnetDNSOverrides map[string]Override

@@ -157,6 +157,11 @@ func writeBlock(b *strings.Builder, p *config.Profile, ups config.Upstreams, l l
 	if p.Metrics != "" {
 		fmt.Fprintf(b, "    prometheus %s\n", p.Metrics)
 	}
+	if zone == clusterZone(p) && p.JunkKubernetesSchema {
+		b.WriteString("    junk {\n")
+		fmt.Fprintf(b, "        kubernetes %s\n", clusterZone(p))
+		b.WriteString("    }\n")
+	}
 	if zone == "." {
 		b.WriteString("    junk {\n")
 		b.WriteString("        min_labels internal.cloudapp.net 4\n")

@@ -259,3 +259,29 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestKubernetesSchemaGuardOptIn(t *testing.T) {
+	r := newRig(t)
+	f, err := os.OpenFile(r.profile, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("junk: {kubernetesSchema: true}\n")
+	f.Close()
+	startDaemon(t, r.node, "--config", r.profile)
+
+	// ndots:5 expansions of api.github.com that the schema cannot produce.
+	for _, name := range []string{"api.github.com.cluster.local.", "api.github.com.default.svc.cluster.local."} {
+		m := testdns.Query(t, "udp", r.pods, name, dns.TypeA)
+		if m.Rcode != dns.RcodeNameError || len(m.Ns) != 1 {
+			t.Errorf("%s: %s with %d authority records, want NXDOMAIN with an SOA", name, dns.RcodeToString[m.Rcode], len(m.Ns))
+		}
+		if n := r.cluster.Count(name); n != 0 {
+			t.Errorf("%s reached cluster CoreDNS %d times", name, n)
+		}
+	}
+	// A real service name still reaches cluster CoreDNS.
+	if got := r.answeredBy(t, r.pods, "api.default.svc.cluster.local.", dns.TypeA); got != "cluster" {
+		t.Errorf("service name answered by %q", got)
+	}
+}
