@@ -75,6 +75,9 @@ var goldenCases = []goldenCase{
 
 func (c goldenCase) name() string { return strings.TrimSuffix(c.file, filepath.Ext(c.file)) }
 
+// metricsUsed are the metrics ports earlier starts in this process used.
+var metricsUsed = map[int]bool{}
+
 // serveRuns numbers the in-process starts, so that names are unique per
 // start even with -count: the cache is process-wide.
 var serveRuns atomic.Int32
@@ -221,6 +224,14 @@ func serveCase(t *testing.T, c goldenCase) {
 	// ephemeral ports (and their TIME_WAIT) live on 127.0.0.1.
 	lp := loopback{node: "127.0.0.11", cluster: "127.0.0.12"}
 	ports := freePorts(t, 4, lp.node, lp.cluster)
+	// CoreDNS's prometheus plugin never serves an address again in a process
+	// once an instance that served it has stopped (its package-level set of
+	// started addresses is only cleared on reload), so each start needs a
+	// metrics port of its own.
+	for metricsUsed[ports[2]] || slices.Contains([]int{ports[0], ports[1], ports[3]}, ports[2]) {
+		ports[2] = freePorts(t, 1, lp.node, lp.cluster)[0]
+	}
+	metricsUsed[ports[2]] = true
 	lp.port, lp.ready = ports[0], ports[1]
 	lp.metrics = net.JoinHostPort(lp.node, fmt.Sprint(ports[2]))
 	lp.health = net.JoinHostPort(lp.cluster, fmt.Sprint(ports[3]))
