@@ -157,9 +157,11 @@ func TestConntrackThroughBinary(t *testing.T) {
 	if len(on.listener) != 0 {
 		t.Errorf("replyNotrack=true: %d new conntrack flows of the listeners, want 0:\n  %s", len(on.listener), strings.Join(on.listener, "\n  "))
 	}
-	// nf_conntrack_count may move by the few flows of the daemon's own
-	// upstream health checks (logged above), never by one per query.
-	if on.total > len(on.other) || on.total > queries/100 {
+	// nf_conntrack_count moves by the flows of the daemon's own upstream
+	// health checks (listed above; a few per second), never by one per
+	// query. (A health check between reading the count and listing the
+	// flows can land on either side, hence the small slack.)
+	if on.total-len(on.other) > queries/100 {
 		t.Errorf("replyNotrack=true: nf_conntrack_count grew by %d over %d queries (%d other flows)", on.total, queries, len(on.other))
 	}
 	// The control: without reply notrack each reply is a new flow. If this
