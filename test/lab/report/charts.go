@@ -94,7 +94,8 @@ func latencyChart(dir string, r *Results, class string) (string, error) {
 	}
 	file := "latency-" + class + ".png"
 	err := groupedBars(filepath.Join(dir, file),
-		fmt.Sprintf("Resolution time, %s names, %d QPS (lower is better)", class, r.Settings.QPS), "latency (ms)", 0,
+		fmt.Sprintf("Resolution time, %s names, %d QPS (lower is better)", class, r.Settings.QPS),
+		fmt.Sprintf("latency (ms; a lost query counts as %s)", fmtDur(a.Timeout)), 0,
 		[]string{"p50", "p95", "p99"},
 		[]series{mk("centralized CoreDNS", colCentral, pa), mk("localdns", colLocal, pb)})
 	return file, err
