@@ -56,6 +56,7 @@ func TestMain(m *testing.M) {
 		// Nothing to build for: every test skips.
 		os.Exit(m.Run())
 	}
+	removeStaleNamespaces()
 	dir, err := os.MkdirTemp("", "localdns-node")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -71,6 +72,35 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// removeStaleNamespaces deletes namespaces left by an earlier run of these
+// tests that was killed before its cleanups ran (a -timeout panic): their
+// names carry the pid of a test process that no longer exists.
+func removeStaleNamespaces() {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		parts := strings.Split(f[0], "-")
+		if len(parts) != 4 || parts[0] != "ldnode" {
+			continue
+		}
+		pid, err := strconv.Atoi(parts[2])
+		if err != nil || syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		if out, err := exec.Command("ip", "netns", "del", f[0]).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "removing stale namespace %s: %v: %s\n", f[0], err, out)
+		} else {
+			fmt.Fprintf(os.Stderr, "removed stale namespace %s of an earlier run\n", f[0])
+		}
+	}
 }
 
 func requireRoot(t *testing.T) {
