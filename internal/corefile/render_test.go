@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -238,7 +239,9 @@ func serveCase(t *testing.T, c goldenCase) {
 	dir := t.TempDir()
 	path, snapshot := lp.write(t, filepath.Join("testdata", c.file), dir, clusterAddr, vnetAddr)
 
-	d, err := daemon.Start(context.Background(), daemon.Options{ConfigPath: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d, err := daemon.Start(ctx, daemon.Options{ConfigPath: path, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		text, _ := render(t, path)
 		t.Fatalf("start %s on loopback: %v\n%s", c.file, err, numbered(text))
@@ -246,7 +249,7 @@ func serveCase(t *testing.T, c goldenCase) {
 	stopped := false
 	defer func() {
 		if !stopped {
-			d.Stop()
+			stopWithin(t, d, 10*time.Second)
 		}
 	}()
 
@@ -273,12 +276,27 @@ func serveCase(t *testing.T, c goldenCase) {
 	// The queries above were counted, under this start's node listener.
 	checkHTTP(t, "http://"+lp.metrics+"/metrics", fmt.Sprintf(`coredns_dns_requests_total{family="1",proto="udp",server="dns://%s"`, addr["node"]))
 
-	d.Stop()
 	stopped = true
+	stopWithin(t, d, 10*time.Second)
 	if snapshot != "" {
 		if st, err := os.Stat(snapshot); err != nil || st.Size() == 0 {
 			t.Errorf("cache snapshot %s not written at stop: %v", snapshot, err)
 		}
+	}
+}
+
+// stopWithin stops d, failing with every goroutine's stack if that takes
+// longer than limit (rather than hanging until the test binary's timeout).
+func stopWithin(t *testing.T, d *daemon.Daemon, limit time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { d.Stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(limit):
+		var b strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&b, 2)
+		t.Fatalf("daemon.Stop did not return within %s; goroutines:\n%s", limit, b.String())
 	}
 }
 
