@@ -197,8 +197,8 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 		t.Errorf("no log line about the failed watchdog probe")
 	}
 
+	unblocked := time.Now() // before: the first ping can beat nft's exit
 	inNS(t, node, "nft", "delete", "table", "inet", "ldblock")
-	unblocked := time.Now()
 	ping, _, ok := sock.next("WATCHDOG=1", watchdog)
 	if !ok {
 		t.Fatalf("no WATCHDOG=1 within %s after the drop rule was removed", watchdog)
