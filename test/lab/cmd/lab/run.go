@@ -66,17 +66,18 @@ var variants = map[string]variant{
 
 // lab is one run's state.
 type lab struct {
-	v         variant
-	self      string // this binary
-	bin       string // directory with localdns and coredns-stock
-	dir       string // scratch directory
-	procs     *procs
-	localdn   *proc
-	res       *report.Results
-	data      map[string][]string // data files per purpose, one per pod
-	upOnly    bool                // stop after starting everything (lab up)
-	rcvbuf    int                 // ReceiveBuffer= of the socket unit the harness mimics
-	quietWait time.Duration       // how long to wait for a quiet machine
+	v            variant
+	self         string // this binary
+	bin          string // directory with localdns and coredns-stock
+	dir          string // scratch directory
+	procs        *procs
+	localdn      *proc
+	res          *report.Results
+	data         map[string][]string // data files per purpose, one per pod
+	upOnly       bool                // stop after starting everything (lab up)
+	rcvbuf       int                 // ReceiveBuffer= of the socket unit the harness mimics
+	quietWait    time.Duration       // how long to wait for a quiet machine
+	noActivation bool                // localdns binds its own sockets
 }
 
 func runCmd(args []string) error {
@@ -87,6 +88,7 @@ func runCmd(args []string) error {
 	keep := fs.Bool("keep", false, "keep the scratch directory (logs, data files)")
 	nice := fs.Int("nice", -10, "nice value of the lab and every process it starts (servers, localdns, dnsperf); 0 leaves it")
 	unit := fs.String("socket-unit", "systemd/localdns.socket", "socket unit whose ReceiveBuffer= the harness uses")
+	noAct := fs.Bool("no-activation", false, "run localdns on sockets it binds itself (no socket activation), for comparison")
 	quietWait := fs.Duration("quiet-wait", 0, "before starting, wait up to this long for the machine to be less than 30% busy (a shared machine)")
 	up := fs.Bool("up", false, "only build the lab and start every server, then wait for SIGINT (for poking around)")
 	if err := fs.Parse(args); err != nil {
@@ -136,7 +138,7 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait}
+	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct}
 
 	// One lab at a time: a second run would tear down the first's network.
 	lock, err := topo.Lock()
@@ -496,6 +498,15 @@ func (l *lab) startLocalDNS() error {
 		listens = append(listens, "-listen", "udp:"+a+":53", "-listen", "tcp:"+a+":53")
 	}
 	argv := []string{"--", filepath.Join(l.bin, "localdns"), "run", "--config", profile}
+	if l.noActivation {
+		l.res.Settings.ActivationNote = "socket activation off for this run (-no-activation)"
+		p, err := l.procs.start("localdns-plain", topo.Node, append([]string{l.self, "sockact"}, argv...)...)
+		if err != nil {
+			return err
+		}
+		l.localdn = p
+		return l.waitLocalDNS(p, 20*time.Second)
+	}
 	listens = append(listens, "-rcvbuf", strconv.Itoa(l.rcvbuf))
 	p, err := l.procs.start("localdns", topo.Node, append(append([]string{l.self, "sockact"}, listens...), argv...)...)
 	if err != nil {
@@ -576,8 +587,12 @@ func (l *lab) dnsperfWarm(server string, complete bool) (*perf.Result, error) {
 		if res.Succeeded == res.Sent || !complete {
 			return total, nil
 		}
-		if pass == 3 {
-			return nil, fmt.Errorf("warm-up through %s: %d of %d queries failed in pass 3", server, res.Sent-res.Succeeded, res.Sent)
+		if pass == 4 {
+			l.keepFailures("warm-up", res)
+			note := fmt.Sprintf("warm-up through %s: %d of %d queries still failed in pass %d; those names were not seen before the outage", server, res.Sent-res.Succeeded, res.Sent, pass)
+			l.res.Notes = append(l.res.Notes, note)
+			logf("  %s", note)
+			return total, nil
 		}
 	}
 }
