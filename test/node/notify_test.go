@@ -252,3 +252,40 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 	}
 	t.Logf("STOPPING=1: %q; then %d more notifications", stopping.lines, len(after))
 }
+
+// exitProbe is daemon.ExitProbe: a listener did not answer its self-probe.
+const exitProbe = 7
+
+// TestNoReadyWhenSelfProbeFails starts localdns while an nftables rule drops
+// DNS to the cluster listener: the self-probe fails, so no READY=1 is sent,
+// the conntrack bypass is never installed (a bypass in front of a server that
+// does not answer would black-hole DNS), the addresses it added are removed,
+// and Required mode exits 7 (ExitProbe).
+func TestNoReadyWhenSelfProbeFails(t *testing.T) {
+	node := newNS(t, "node")
+	up := startUpstreams(t, node)
+	cfg := newProfile(t, up).write(t)
+	sock := openNotifySocket(t)
+	inNS(t, node, "nft", "add table inet ldblock; add chain inet ldblock out { type filter hook output priority -400; }; "+
+		"add rule inet ldblock out ip daddr "+clusterListener+" udp dport 53 drop; add rule inet ldblock out ip daddr "+clusterListener+" tcp dport 53 drop")
+	before := nodeState(t, node)
+
+	d := startRun(t, node, cfg, runOpts{env: []string{"NOTIFY_SOCKET=" + sock.path, "WATCHDOG_USEC=2000000"}})
+	code, ok := d.wait(20 * time.Second)
+	if !ok {
+		t.Fatalf("localdns did not exit within 20s with its self-probe failing; log:\n%s", d.Log())
+	}
+	if code != exitProbe {
+		t.Errorf("exit code %d with the self-probe failing, want %d (ExitProbe); log:\n%s", code, exitProbe, d.Log())
+	}
+	got := sock.collect(200 * time.Millisecond)
+	for _, n := range got {
+		if n.has("READY=1") || n.has("WATCHDOG=1") {
+			t.Errorf("sent %q although the self-probe failed", n.lines)
+		}
+	}
+	if after := nodeState(t, node); after != before {
+		t.Errorf("a start that failed its self-probe changed the node:\n%s\nbefore:\n%s", after, before)
+	}
+	t.Logf("self-probe failing: exit %d, notifications %d, node unchanged", code, len(got))
+}
