@@ -66,6 +66,10 @@ func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, 
 				r+1, e.name, load, res.qps, res.maxLost, res.cpu.server, perCore(res)/1000, res.cpu.bench, res.cpu.other,
 				cfg.rate, us(res.p50), us(res.p99), us(res.p999),
 				res.latLost, res.latSent, res.upstreamMax, res.upstreamLat, mib(res.peakRSS))
+			if want := uint64(cfg.rate * cfg.seconds); res.latSent < want*95/100 {
+				fmt.Printf("  ^ latency run sent %d of %d queries: the client could not hold %d QPS against this server on this box\n",
+					res.latSent, want, cfg.rate)
+			}
 		}
 	}
 
