@@ -163,11 +163,15 @@ type Run struct {
 	Outstand int           // -q: max outstanding queries
 	Timeout  time.Duration // -t
 	BufferKB int           // -b: socket buffers, so a briefly starved dnsperf does not drop answers
+	Nice     int           // run under nice(1) with this adjustment (0: not)
 }
 
 // Args returns the command line (ip netns exec ... dnsperf ...).
 func (r Run) Args() []string {
 	var args []string
+	if r.Nice != 0 {
+		args = append(args, "nice", "-n", strconv.Itoa(r.Nice))
+	}
 	if r.Netns != "" {
 		args = append(args, "ip", "netns", "exec", r.Netns)
 	}

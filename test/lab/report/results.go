@@ -96,6 +96,7 @@ type Settings struct {
 	CoreDNSVersion   string
 	DNSPerfVersion   string
 	Machine          string
+	Nice             int     // nice(1) adjustment of the lab's processes
 	BusyBefore       float64 // share of the machine's CPU busy in the 2 s before the lab started
 	Started          time.Time
 	Took             time.Duration

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -24,6 +25,7 @@ type proc struct {
 // procs are the lab's processes, stopped in reverse order of start.
 type procs struct {
 	logDir string
+	nice   int // nice(1) adjustment for every process (0: none)
 	list   []*proc
 }
 
@@ -37,6 +39,11 @@ func (ps *procs) start(name, netns string, argv ...string) (*proc, error) {
 	}
 	defer f.Close()
 	args := topo.In(netns, argv...)
+	if ps.nice != 0 {
+		// Linux nice values are per thread: setpriority in this Go process
+		// would not reach children forked from its other threads.
+		args = append([]string{"nice", "-n", strconv.Itoa(ps.nice)}, args...)
+	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {

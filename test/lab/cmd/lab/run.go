@@ -77,6 +77,7 @@ type lab struct {
 	upOnly       bool                // stop after starting everything (lab up)
 	rcvbuf       int                 // ReceiveBuffer= of the socket unit the harness mimics
 	quietWait    time.Duration       // how long to wait for a quiet machine
+	nice         int                 // nice(1) adjustment of every process the lab starts
 	noActivation bool                // localdns binds its own sockets
 }
 
@@ -86,7 +87,10 @@ func runCmd(args []string) error {
 	out := fs.String("out", "", "directory for the report (default test/lab/results/<variant>)")
 	bin := fs.String("bin", "bin", "directory holding localdns and coredns-stock")
 	keep := fs.Bool("keep", false, "keep the scratch directory (logs, data files)")
-	nice := fs.Int("nice", -10, "nice value of the lab and every process it starts (servers, localdns, dnsperf); 0 leaves it")
+	// The lab measures a design, not the machine's other tenants: its
+	// processes (both scenarios alike) get a higher CPU weight than the
+	// rest, so a neighbour's benchmark does not decide the tail latency.
+	nice := fs.Int("nice", -10, "nice(1) adjustment of every process the lab starts (servers, localdns, dnsperf), both scenarios alike; 0: none")
 	unit := fs.String("socket-unit", "systemd/localdns.socket", "socket unit whose ReceiveBuffer= the harness uses")
 	noAct := fs.Bool("no-activation", false, "run localdns on sockets it binds itself (no socket activation), for comparison")
 	quietWait := fs.Duration("quiet-wait", 0, "before starting, wait up to this long for the machine to be less than 30% busy (a shared machine)")
@@ -103,14 +107,6 @@ func runCmd(args []string) error {
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("the lab needs root (network namespaces, nftables)")
-	}
-	// The lab measures a design, not the machine's other tenants: its
-	// processes (both scenarios alike) get a higher CPU weight than the
-	// rest, so a neighbour's benchmark does not decide the tail latency.
-	if *nice != 0 {
-		if err := syscall.Setpriority(syscall.PRIO_PROCESS, 0, *nice); err != nil {
-			return fmt.Errorf("set nice %d: %w", *nice, err)
-		}
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -138,7 +134,7 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir}, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct}
+	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct}
 
 	// One lab at a time: a second run would tear down the first's network.
 	lock, err := topo.Lock()
@@ -257,6 +253,7 @@ func (l *lab) run() error {
 			Machine:         fmt.Sprintf("%d CPUs, %s/%s, %s", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, kernel()),
 			Started:         start.UTC(),
 			BusyBefore:      busy,
+			Nice:            l.nice,
 		},
 		Centralized: map[string]report.Phase{},
 		LocalDNS:    map[string]report.Phase{},
@@ -575,7 +572,7 @@ func waitFor(timeout time.Duration, f func() error) error {
 // a few.
 func (l *lab) dnsperfWarm(server string, complete bool) (*perf.Result, error) {
 	run := perf.Run{Netns: topo.Pod1, Server: server, Data: l.data["warm"][0], Once: true, QPS: warmQPS,
-		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second, BufferKB: dnsperfBufferKB}
+		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second, BufferKB: dnsperfBufferKB, Nice: l.nice}
 	total := &perf.Result{}
 	for pass := 1; ; pass++ {
 		res, err := perf.RunAll([]perf.Run{run}, workload.Expected)
@@ -620,7 +617,7 @@ func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) [
 	var runs []perf.Run
 	for i, p := range topo.Pods {
 		runs = append(runs, perf.Run{Netns: p.Netns, Server: server, Data: l.data[key][i], QPS: l.v.qps / len(topo.Pods),
-			Duration: d, Clients: l.v.clients, Outstand: 10000, Timeout: timeout, BufferKB: dnsperfBufferKB})
+			Duration: d, Clients: l.v.clients, Outstand: 10000, Timeout: timeout, BufferKB: dnsperfBufferKB, Nice: l.nice})
 	}
 	return runs
 }
