@@ -266,6 +266,14 @@ func (d *decoder) profile(p *Profile, root any) {
 		},
 		"metrics": func(path string, v any) { p.Metrics = d.hostPort(path, v, p.Metrics) },
 		"health":  func(path string, v any) { p.Health = d.hostPort(path, v, p.Health) },
+		"hostresolver": func(path string, v any) {
+			d.fields(path, v, map[string]func(string, any){
+				"redirect": func(path string, v any) { p.HostResolver.Redirect = d.bool(path, v, p.HostResolver.Redirect) },
+				"interface": func(path string, v any) {
+					p.HostResolver.Interface = d.linkName(path, v, p.HostResolver.Interface)
+				},
+			})
+		},
 		"junk": func(path string, v any) {
 			d.fields(path, v, map[string]func(string, any){
 				"kubernetesschema": func(path string, v any) { p.JunkKubernetesSchema = d.bool(path, v, p.JunkKubernetesSchema) },

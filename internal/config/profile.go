@@ -127,6 +127,9 @@ type Profile struct {
 
 	Network Network
 
+	// HostResolver points the node's own resolver at the node listener.
+	HostResolver HostResolver
+
 	// Metrics is the Prometheus listen address (host:port).
 	Metrics string
 	// Health is where localdns serves /health, /ready and /status (ip:port).
@@ -160,6 +163,16 @@ type Network struct {
 	// StateDir records what localdns installed, so teardown after a crash
 	// removes exactly that.
 	StateDir string
+}
+
+// HostResolver says whether and where the host's resolver is redirected to
+// the node listener (a systemd-networkd or systemd-resolved drop-in, removed
+// on stop). Off by default.
+type HostResolver struct {
+	Redirect bool
+	// Interface overrides the default-route interface whose networkd
+	// configuration gets the drop-in.
+	Interface string
 }
 
 // Cache holds the process-wide cache settings.
@@ -223,9 +236,11 @@ func Default() *Profile {
 		VNetDNSAuto:       true,
 		ResolvConf:        append([]string(nil), DefaultResolvConf...),
 		FailoverToVNetDNS: true,
-		Network:           Network{Manage: true, ReconcileInterval: DefaultReconcileInterval},
-		Metrics:           DefaultMetrics,
-		Cache:             Cache{Engine: CacheEngineLocalDNS, MaxMemory: DefaultMaxMemory, Snapshot: DefaultSnapshot},
+		Network: Network{Manage: true, ReconcileInterval: DefaultReconcileInterval, ReplyNotrack: true,
+			LinkName: DefaultLinkName, StateDir: DefaultStateDir},
+		Metrics: DefaultMetrics,
+		Health:  DefaultHealth,
+		Cache:   Cache{Engine: CacheEngineLocalDNS, MaxMemory: DefaultMaxMemory, Snapshot: DefaultSnapshot},
 		VnetDNSOverrides: map[string]Override{
 			".":              vnetRoot,
 			"cluster.local.": DefaultOverride(),

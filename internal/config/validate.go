@@ -78,6 +78,9 @@ func (p *Profile) validate() Problems {
 			}
 		}
 	}
+	if p.HostResolver.Redirect && !p.Network.Manage {
+		add("hostResolver.redirect", "true", "needs network.manage: true (it changes the host's resolver configuration)")
+	}
 	if p.Health != "" && p.Health == p.Metrics {
 		add("health", p.Health, "must differ from metrics")
 	}

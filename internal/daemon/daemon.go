@@ -28,6 +28,7 @@ import (
 	"github.com/localdns/localdns/internal/activation"
 	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/corefile"
+	"github.com/localdns/localdns/internal/hostdns"
 	"github.com/localdns/localdns/internal/netsetup"
 	_ "github.com/localdns/localdns/internal/plugins" // our CoreDNS build
 	"github.com/localdns/localdns/internal/sdnotify"
@@ -52,12 +53,23 @@ type Options struct {
 type Source struct {
 	Corefile    string
 	Profile     *config.Profile
+	Upstreams   config.Upstreams
 	Description string
 }
 
-// Load reads the source the options name. Its errors are StartErrors that
-// say whether the configuration or the upstream discovery failed.
+// Load reads the source the options name and renders it, discovering the
+// upstreams. Its errors are StartErrors that say whether the configuration
+// or the upstream discovery failed.
 func (o Options) Load() (*Source, error) {
+	src, err := o.read()
+	if err != nil {
+		return nil, err
+	}
+	return src, src.render(nil)
+}
+
+// read reads the Corefile or the profile, without rendering.
+func (o Options) read() (*Source, error) {
 	if o.CorefilePath != "" {
 		data, err := os.ReadFile(o.CorefilePath)
 		if err != nil {
@@ -83,18 +95,31 @@ func (o Options) Load() (*Source, error) {
 	if err != nil {
 		return nil, stepErr("load profile", ExitConfig, err)
 	}
-	if p.Mode == config.ModeDisabled {
-		return &Source{Profile: p, Description: desc}, nil
+	return &Source{Profile: p, Description: desc}, nil
+}
+
+// render discovers the upstreams (or uses fixed ones) and renders the
+// profile's Corefile. A Corefile source and a Disabled profile need nothing.
+func (s *Source) render(fixed *config.Upstreams) error {
+	p := s.Profile
+	if p == nil || p.Mode == config.ModeDisabled {
+		return nil
 	}
-	ups, err := p.ResolveUpstreams()
-	if err != nil {
-		return nil, stepErr("upstreams", ExitUpstreams, err)
+	ups := config.Upstreams{}
+	if fixed != nil {
+		ups = *fixed
+	} else {
+		var err error
+		if ups, err = p.ResolveUpstreams(); err != nil {
+			return stepErr("upstreams", ExitUpstreams, err)
+		}
 	}
 	text, err := corefile.Render(p, ups)
 	if err != nil {
-		return nil, stepErr("render", ExitConfig, err)
+		return stepErr("render", ExitConfig, err)
 	}
-	return &Source{Corefile: text, Profile: p, Description: desc}, nil
+	s.Corefile, s.Upstreams = text, ups
+	return nil
 }
 
 func fileExists(path string) bool {
@@ -104,16 +129,17 @@ func fileExists(path string) bool {
 
 // Daemon is a running localdns.
 type Daemon struct {
-	opts      Options
-	log       *slog.Logger
-	source    *Source
-	inst      *caddy.Instance
-	owner     *socketOwner
-	inherited bool // some listener sockets came from systemd
-	manage    bool // we installed addresses and rules
-	net       netsetup.Config
-	started   time.Time
-	stopping  atomic.Bool
+	opts       Options
+	log        *slog.Logger
+	source     *Source
+	inst       *caddy.Instance
+	owner      *socketOwner
+	inherited  bool // some listener sockets came from systemd
+	manage     bool // we installed addresses and rules
+	redirected bool // the host resolver points at us
+	net        netsetup.Config
+	started    time.Time
+	stopping   atomic.Bool
 }
 
 // ErrDisabled is returned by Start when the profile's mode is Disabled.
@@ -127,7 +153,7 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	src, err := opts.Load()
+	src, err := opts.read()
 	if err != nil {
 		return nil, err
 	}
@@ -138,6 +164,19 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		if p.Mode == config.ModeDisabled {
 			return nil, ErrDisabled
 		}
+		if p.Network.Manage {
+			// A redirect left behind by a crash would make discovery find
+			// ourselves: undo it and wait for resolv.conf to drop us first.
+			d.revertHostDNS()
+			for _, path := range p.ResolvConf {
+				if err := hostdns.WaitListenerGone(ctx, path, p.NodeListener, 5*time.Second); err != nil {
+					d.log.Warn("resolv.conf still lists the node listener; discovery skips it", "file", path, "err", err)
+				}
+			}
+		}
+	}
+	if err := src.render(nil); err != nil {
+		return nil, err
 	}
 
 	set, err := activation.Inherited()
@@ -173,6 +212,14 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		if err := netsetup.EnsureRules(d.net); err != nil {
 			return nil, d.abort(stepErr("conntrack bypass", ExitRules, err))
 		}
+		if p.HostResolver.Redirect {
+			a, err := hostdns.Redirect(d.hostDNS())
+			if err != nil {
+				return nil, d.abort(stepErr("host resolver redirect", ExitHostDNS, err))
+			}
+			d.redirected = true
+			d.log.Info("host resolver points at the node listener", "detail", a.String())
+		}
 	}
 	d.logStarted()
 	return d, nil
@@ -182,9 +229,29 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 func (d *Daemon) abort(err error) error {
 	d.Stop()
 	if d.manage {
+		d.revertHostDNS()
 		d.teardownNetwork()
 	}
 	return err
+}
+
+func (d *Daemon) hostDNS() hostdns.Config {
+	p := d.source.Profile
+	return hostdns.Config{Listener: p.NodeListener, Port: p.Port, Interface: p.HostResolver.Interface}
+}
+
+// revertHostDNS removes our resolver drop-in if there is one (a no-op
+// otherwise), so the host goes back to the DHCP-provided servers.
+func (d *Daemon) revertHostDNS() {
+	r, err := hostdns.Revert(d.hostDNS())
+	if err != nil {
+		d.log.Warn("host resolver revert", "err", err)
+		return
+	}
+	if len(r.Removed) > 0 {
+		d.log.Info("host resolver redirect removed", "removed", r.Removed)
+	}
+	d.redirected = false
 }
 
 func (d *Daemon) teardownNetwork() {
@@ -276,7 +343,16 @@ func (d *Daemon) probeAll(ctx context.Context, timeout time.Duration) error {
 // Reload re-reads the source and swaps the running configuration. On any
 // error the running configuration keeps serving and the error is returned.
 func (d *Daemon) Reload() error {
-	src, err := d.opts.Load()
+	src, err := d.opts.read()
+	if err == nil {
+		// While the host resolver points at us, resolv.conf lists only our
+		// node listener: keep the VNet servers discovered at start.
+		var fixed *config.Upstreams
+		if d.redirected && src.Profile != nil && src.Profile.VNetDNSAuto {
+			fixed = &d.source.Upstreams
+		}
+		err = src.render(fixed)
+	}
 	if err != nil {
 		return fmt.Errorf("reload: keeping the running configuration: %w", err)
 	}
@@ -350,8 +426,8 @@ func Run(ctx context.Context, opts Options) error {
 	d, err := Start(ctx, opts)
 	if errors.Is(err, ErrDisabled) {
 		log.Info("mode is Disabled: removing anything localdns installed and exiting")
-		if p, lerr := opts.Load(); lerr == nil && p.Profile != nil {
-			if terr := netsetup.Teardown(NetworkConfig(p.Profile, nil)); terr != nil {
+		if src, lerr := opts.read(); lerr == nil && src.Profile != nil && src.Profile.Network.Manage {
+			if _, terr := Teardown(src.Profile, false); terr != nil {
 				log.Error("teardown", "err", terr)
 			}
 		}
@@ -427,6 +503,9 @@ func (d *Daemon) shutdown(cancelBG context.CancelFunc, bg *sync.WaitGroup) error
 	cancelBG()
 	bg.Wait() // no watchdog ping or repair after STOPPING=1
 	sdnotify.Stopping("draining and writing the cache snapshot")
+	if d.redirected {
+		d.revertHostDNS() // the host falls back to VNet DNS while we stop
+	}
 	d.Shutdown()
 	return nil
 }

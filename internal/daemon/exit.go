@@ -19,6 +19,7 @@ const (
 	ExitListen    = 6 // a listener could not bind (e.g. port 53 taken)
 	ExitProbe     = 7 // a listener did not answer its self-probe
 	ExitRules     = 8 // the conntrack bypass could not be installed (nftables)
+	ExitHostDNS   = 9 // the host resolver could not be pointed at the node listener
 )
 
 // StartError is a failed start step with its exit code.

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/localdns/localdns/internal/config"
+	"github.com/localdns/localdns/internal/hostdns"
 	"github.com/localdns/localdns/internal/netsetup"
 )
 
@@ -40,6 +41,11 @@ func Teardown(p *config.Profile, keepIfHeld bool) (TeardownResult, error) {
 				return TeardownResult{Kept: true, Why: fmt.Sprintf("a %s socket is still bound to %s (systemd's socket unit): the next localdns takes over", held, netip.AddrPortFrom(a, p.Port))}, nil
 			}
 		}
+	}
+	// The host resolver goes back to DHCP's servers first, so the host never
+	// points at an address that is about to disappear.
+	if _, err := hostdns.Revert(hostdns.Config{Listener: p.NodeListener, Port: p.Port, Interface: p.HostResolver.Interface}); err != nil {
+		return TeardownResult{}, fmt.Errorf("revert host resolver: %w", err)
 	}
 	if err := netsetup.Teardown(NetworkConfig(p, nil)); err != nil {
 		return TeardownResult{}, err
