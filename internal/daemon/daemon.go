@@ -268,7 +268,7 @@ func (d *Daemon) start() error {
 	d.inst = inst
 	if fs := frontend.From(inst); fs != nil {
 		if err := fs.Attach(d.owner); err != nil {
-			return fmt.Errorf("serve listeners: %w", err)
+			return fmt.Errorf("hand the listeners over: %w", err)
 		}
 	}
 	return nil

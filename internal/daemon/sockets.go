@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/coredns/coredns/core/dnsserver"
 
@@ -49,6 +50,7 @@ type socketOwner struct {
 	mu      sync.Mutex
 	sockets map[string]*socketPair
 	current []*dnsserver.Server
+	lns     []*drainListener // TCP listeners of the current generation
 	wg      sync.WaitGroup
 }
 
@@ -91,13 +93,14 @@ func (o *socketOwner) Serve(fs *frontend.Servers) error {
 				undo()
 				return fmt.Errorf("duplicate sockets of %s: %w", addr, err)
 			}
-			next = append(next, started{srv, fastpath.Wrap(pc, table), ln})
+			next = append(next, started{srv, fastpath.Wrap(pc, table), newDrainListener(ln)})
 		}
 	}
-	old := o.current
-	o.current = nil
+	old, oldLns := o.current, o.lns
+	o.current, o.lns = nil, nil
 	for _, s := range next {
 		o.current = append(o.current, s.srv)
+		o.lns = append(o.lns, s.ln.(*drainListener))
 		o.wg.Add(2)
 		go func(srv *dnsserver.Server, pc net.PacketConn) {
 			defer o.wg.Done()
@@ -112,6 +115,7 @@ func (o *socketOwner) Serve(fs *frontend.Servers) error {
 			}
 		}(s.srv, s.ln)
 	}
+	drainAll(oldLns)
 	for _, srv := range old {
 		if err := srv.Stop(); err != nil {
 			o.log.Warn("stop previous server", "addr", srv.Address(), "err", err)
@@ -174,9 +178,10 @@ func (o *socketOwner) Addresses() []string {
 // grace time) and closes the master sockets.
 func (o *socketOwner) Close() {
 	o.mu.Lock()
-	current := o.current
-	o.current = nil
+	current, lns := o.current, o.lns
+	o.current, o.lns = nil, nil
 	o.mu.Unlock()
+	drainAll(lns)
 	for _, srv := range current {
 		if err := srv.Stop(); err != nil {
 			o.log.Warn("stop server", "addr", srv.Address(), "err", err)
@@ -194,4 +199,85 @@ func (o *socketOwner) Close() {
 
 func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed)
+}
+
+// drainTimeout bounds how long a stopping generation waits for the first
+// query of connections it accepted.
+const drainTimeout = time.Second
+
+// drainListener is a generation's duplicate of a TCP listener that knows
+// which accepted connections have not been answered yet. miekg/dns's
+// shutdown closes every connection at once, including one accepted a moment
+// ago whose query is still unread; draining first stops accepting (the
+// master socket keeps queueing new connections for the next generation or
+// process) and lets those connections get their answer.
+type drainListener struct {
+	net.Listener
+	mu      sync.Mutex
+	pending map[*answeredConn]struct{}
+}
+
+func newDrainListener(ln net.Listener) *drainListener {
+	return &drainListener{Listener: ln, pending: map[*answeredConn]struct{}{}}
+}
+
+func (l *drainListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	ac := &answeredConn{Conn: c, l: l}
+	l.mu.Lock()
+	l.pending[ac] = struct{}{}
+	l.mu.Unlock()
+	return ac, nil
+}
+
+// drain stops accepting and waits, at most until deadline, until every
+// accepted connection got an answer or was closed.
+func (l *drainListener) drain(deadline time.Time) {
+	l.Listener.Close()
+	for time.Now().Before(deadline) {
+		l.mu.Lock()
+		n := len(l.pending)
+		l.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func drainAll(lns []*drainListener) {
+	deadline := time.Now().Add(drainTimeout)
+	for _, l := range lns {
+		l.drain(deadline)
+	}
+}
+
+// answeredConn leaves its listener's pending set on its first write (the
+// answer) or when closed.
+type answeredConn struct {
+	net.Conn
+	l    *drainListener
+	once sync.Once
+}
+
+func (c *answeredConn) done() {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.pending, c)
+		c.l.mu.Unlock()
+	})
+}
+
+func (c *answeredConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.done()
+	return n, err
+}
+
+func (c *answeredConn) Close() error {
+	c.done()
+	return c.Conn.Close()
 }
