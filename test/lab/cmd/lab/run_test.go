@@ -1,0 +1,58 @@
+package main
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/localdns/localdns/internal/config"
+)
+
+func TestMetricSum(t *testing.T) {
+	text := `# HELP coredns_dns_requests_total Counter of DNS requests made per zone, protocol and family.
+# TYPE coredns_dns_requests_total counter
+coredns_dns_requests_total{family="1",proto="udp",server="dns://127.0.0.1:1053",type="A",view="",zone="."} 1500
+coredns_dns_requests_total{family="1",proto="udp",server="dns://127.0.0.1:1053",type="NS",view="",zone="."} 2
+coredns_dns_requests_total_other 99
+labdns_queries_total 7
+`
+	if got := metricSum(text, "coredns_dns_requests_total"); got != 1502 {
+		t.Errorf("coredns_dns_requests_total = %v, want 1502", got)
+	}
+	if got := metricSum(text, "labdns_queries_total"); got != 7 {
+		t.Errorf("labdns_queries_total = %v, want 7", got)
+	}
+	if got := metricSum(text, "missing_total"); got != 0 {
+		t.Errorf("missing metric = %v", got)
+	}
+}
+
+func TestInterleave(t *testing.T) {
+	got := interleave([]string{"a1", "a2", "a3"}, []string{"b1"})
+	if want := []string{"a1", "b1", "a2", "a3"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("interleave = %v, want %v", got, want)
+	}
+}
+
+// TestProfileIsValid runs the lab's localdns profile through localdns's own
+// decoder and validation, so a renamed profile field breaks this test and
+// not a lab run.
+func TestProfileIsValid(t *testing.T) {
+	l := &lab{dir: t.TempDir()}
+	p, err := config.Parse([]byte(l.localdnsProfile()))
+	if err != nil {
+		t.Fatalf("lab profile rejected by localdns:\n%s\n%v", l.localdnsProfile(), err)
+	}
+	if p.ClusterListener.String() != "169.254.10.11" || !p.Network.Manage || len(p.ClusterDNS) != 1 || p.ClusterDNS[0].String() != "10.0.0.10:53" {
+		t.Errorf("profile decoded as %+v", p)
+	}
+}
+
+func TestCoreDNSCorefile(t *testing.T) {
+	cf := coreDNSCorefile("coredns-a", 30)
+	for _, want := range []string{"nsid coredns-a", "forward . 192.0.2.53:53", "cache 30", "rcode NXDOMAIN", "prometheus 127.0.0.1:9153"} {
+		if !strings.Contains(cf, want) {
+			t.Errorf("Corefile lacks %q:\n%s", want, cf)
+		}
+	}
+}
