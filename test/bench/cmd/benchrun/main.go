@@ -43,22 +43,23 @@ import (
 
 // config is the run's settings, from the environment.
 type config struct {
-	rounds    int
-	seconds   int
-	names     int
-	rate      int
-	client    []string // dnsperf client settings, same for every engine
-	warm      []string // dnsperf settings of the warm-up pass
-	engines   []string
-	stock     string
-	localdns  string
-	corerun   string
-	dir       string
-	keep      bool
-	memNames  int
-	memRate   int
-	memBudget int64
-	memSecs   int
+	rounds     int
+	seconds    int
+	names      int
+	rate       int
+	client     []string // dnsperf client settings, same for every engine
+	warm       []string // dnsperf settings of the warm-up pass
+	engines    []string
+	stock      string
+	localdns   string
+	corerun    string
+	dir        string
+	keep       bool
+	memNames   int
+	memRate    int
+	memBudget  int64
+	memSecs    int
+	memEngines []string
 
 	stockCache    string
 	nodecache     string
@@ -86,22 +87,23 @@ func envConfig() (config, error) {
 		return def
 	}
 	c := config{
-		rounds:    num("BENCH_ROUNDS", 3),
-		seconds:   num("BENCH_SECONDS", 10),
-		names:     num("BENCH_NAMES", 5000),
-		rate:      num("BENCH_RATE", 20000),
-		client:    strings.Fields(str("BENCH_DNSPERF", "-c 4 -T 2 -q 500")),
-		warm:      strings.Fields(str("BENCH_DNSPERF_WARM", "-c 1 -q 20")),
-		engines:   strings.Split(str("BENCH_ENGINES", "stock,localdns"), ","),
-		stock:     str("BENCH_STOCK", "bin/coredns-stock"),
-		localdns:  str("BENCH_LOCALDNS", "bin/localdns"),
-		corerun:   str("BENCH_CORERUN", "bin/localdns-corefilerun"),
-		dir:       os.Getenv("BENCH_DIR"),
-		keep:      os.Getenv("BENCH_KEEP") != "",
-		memNames:  num("BENCH_MEM_NAMES", 1000000),
-		memRate:   num("BENCH_MEM_RATE", 20000),
-		memBudget: int64(num("BENCH_MEM_BUDGET", 32<<20)),
-		memSecs:   num("BENCH_MEM_SECONDS", 120),
+		rounds:     num("BENCH_ROUNDS", 3),
+		seconds:    num("BENCH_SECONDS", 10),
+		names:      num("BENCH_NAMES", 5000),
+		rate:       num("BENCH_RATE", 20000),
+		client:     strings.Fields(str("BENCH_DNSPERF", "-c 4 -T 2 -q 500")),
+		warm:       strings.Fields(str("BENCH_DNSPERF_WARM", "-c 1 -q 20")),
+		engines:    strings.Split(str("BENCH_ENGINES", "stock,localdns"), ","),
+		stock:      str("BENCH_STOCK", "bin/coredns-stock"),
+		localdns:   str("BENCH_LOCALDNS", "bin/localdns"),
+		corerun:    str("BENCH_CORERUN", "bin/localdns-corefilerun"),
+		dir:        os.Getenv("BENCH_DIR"),
+		keep:       os.Getenv("BENCH_KEEP") != "",
+		memNames:   num("BENCH_MEM_NAMES", 1000000),
+		memRate:    num("BENCH_MEM_RATE", 20000),
+		memBudget:  int64(num("BENCH_MEM_BUDGET", 32<<20)),
+		memSecs:    num("BENCH_MEM_SECONDS", 120),
+		memEngines: strings.Split(str("BENCH_MEM_ENGINES", "localdns,stock"), ","),
 
 		stockCache: str("BENCH_STOCK_CACHE", "cache"),
 		nodecache: str("BENCH_NODECACHE", "nodecache {\n\t\tmax_ttl 3600\n\t\tdenial_ttl 3600\n"+
@@ -123,6 +125,7 @@ type engine struct {
 }
 
 func (c config) engine(name string) (engine, error) {
+	name = strings.TrimSpace(name)
 	switch name {
 	case "stock":
 		if err := executable(c.stock); err != nil {

@@ -44,7 +44,7 @@ func memBench(ctx context.Context, cfg config, dir string, up *upstream.Server, 
 
 	cfg.nodecache = fmt.Sprintf("nodecache {\n\t\tmax_ttl 3600\n\t\tdenial_ttl 3600\n\t\tserve_stale immediate 3600\n\t\tmemory %d\n\t}", cfg.memBudget)
 	var results []memResult
-	for _, n := range []string{"localdns", "stock"} {
+	for _, n := range cfg.memEngines {
 		e, err := cfg.engine(n)
 		if err != nil {
 			return err

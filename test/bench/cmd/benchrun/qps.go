@@ -30,7 +30,7 @@ type round struct {
 func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, ps *procs) error {
 	engines := make([]engine, 0, len(cfg.engines))
 	for _, n := range cfg.engines {
-		e, err := cfg.engine(strings.TrimSpace(n))
+		e, err := cfg.engine(n)
 		if err != nil {
 			return err
 		}
