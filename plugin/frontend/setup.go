@@ -7,9 +7,11 @@
 // sockets itself. The frontend directive makes that possible without forking
 // CoreDNS:
 //
-//   - at setup it records the block's real port and parks the block on port
-//     0 of the same address, so caddy's own server binds an ephemeral port
-//     that nobody queries;
+//   - at setup it records the block's real port, and once every directive is
+//     set up (a caddy parsing callback after the last one, so plugins that
+//     read the port at setup see the real one) it parks the block on port 0
+//     of the same address: caddy's own server binds an ephemeral port that
+//     nobody queries;
 //   - in its startup callback (which runs after caddy built its servers and
 //     before it binds them) it restores the real port and builds, with
 //     dnsserver's own MakeServers, one *dnsserver.Server per real address with
@@ -125,9 +127,45 @@ func setup(c *caddy.Controller) error {
 		// One callback per instance: it runs before caddy binds (parked)
 		// sockets, and before the loop plugin reads the block's port.
 		c.OnStartup(func() error { return servers.build(c) })
+		// Park only after every directive's setup ran: upstream's loop
+		// check and nodecache's namespace read the real port.
+		pending.Store(c.Context(), servers)
+		registerPark(dnsserver.Directives[len(dnsserver.Directives)-1])
 	}
 	if _, seen := servers.parked[cfg]; !seen {
 		servers.parked[cfg] = cfg.Port
+	}
+	return nil
+}
+
+// pending holds, per caddy parsing context, the servers whose blocks are to
+// be parked once all directives are set up. It is parse-time registration
+// state: park takes each entry out again. (A validation-only parse, which
+// runs no parsing callbacks, leaves its entry behind; localdns validates
+// profiles without caddy.)
+var (
+	pending    sync.Map // caddy.Context -> *Servers
+	registered sync.Map // directive name -> struct{}
+)
+
+// registerPark registers park to run after the last directive of the chain.
+func registerPark(last string) {
+	if _, loaded := registered.LoadOrStore(last, struct{}{}); !loaded {
+		caddy.RegisterParsingCallback("dns", last, park)
+	}
+}
+
+// park moves the recorded blocks to port 0 of their addresses, after every
+// setup and before caddy makes and binds its servers.
+func park(ctx caddy.Context) error {
+	v, ok := pending.LoadAndDelete(ctx)
+	if !ok {
+		return nil
+	}
+	s := v.(*Servers)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cfg := range s.parked {
 		cfg.Port = "0"
 	}
 	return nil

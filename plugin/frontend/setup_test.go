@@ -37,12 +37,15 @@ func TestSetupParksThePort(t *testing.T) {
 	if err := setup(ctl); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Port != "0" {
-		t.Fatalf("port %q after setup, want parked on 0", cfg.Port)
+	if cfg.Port != "53" {
+		t.Fatalf("port %q right after setup, want the real one until all setups ran", cfg.Port)
 	}
 	s, _ := ctl.Get(Key{}).(*Servers)
 	if s == nil || s.parked[cfg] != "53" {
 		t.Fatalf("real port not recorded: %+v", s)
+	}
+	if err := park(ctl.Context()); err != nil || cfg.Port != "0" {
+		t.Fatalf("after the parsing callback: port %q, %v; want parked on 0", cfg.Port, err)
 	}
 	if _, err := s.ByAddress(); err == nil {
 		t.Fatal("servers reported before the instance started")
