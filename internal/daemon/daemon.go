@@ -200,7 +200,7 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		}
 	}
 	if err := d.start(); err != nil {
-		return nil, d.abort(stepErr("serve listeners", ExitListen, err))
+		return nil, d.abort(err)
 	}
 	for _, s := range set.Release() {
 		d.log.Warn("socket passed by systemd matches no listener", "socket", s.String())
@@ -263,12 +263,14 @@ func (d *Daemon) teardownNetwork() {
 func (d *Daemon) start() error {
 	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(d.source.Corefile), Filepath: d.source.Description, ServerTypeName: "dns"})
 	if err != nil {
-		return fmt.Errorf("start CoreDNS from %s: %w", d.source.Description, err)
+		// Plugin setup refused the configuration (or, for a Corefile
+		// without frontend, CoreDNS could not bind).
+		return stepErr("start CoreDNS", ExitConfig, fmt.Errorf("%s: %w", d.source.Description, err))
 	}
 	d.inst = inst
 	if fs := frontend.From(inst); fs != nil {
 		if err := fs.Attach(d.owner); err != nil {
-			return fmt.Errorf("hand the listeners over: %w", err)
+			return stepErr("serve listeners", ExitListen, err)
 		}
 	}
 	return nil
