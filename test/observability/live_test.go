@@ -320,6 +320,16 @@ func (r *rig) trafficAndOutage(t *testing.T) {
 	if st := r.status(t); !st.Ready {
 		t.Errorf("/status after recovery: not ready: %q", st.NotReady)
 	}
+	// The watchdog's self-probe (every second with WatchdogSec=5s) ran and
+	// passed, and each pass pinged systemd.
+	r.expect(t, "watchdog", s0,
+		delta{name: "localdns_watchdog_probe_duration_seconds", want: 2, atLeast: true},
+		delta{name: "localdns_watchdog_probe_failures_total", want: 0},
+	)
+	if r.notify.count("READY=1") < 1 || r.notify.count("WATCHDOG=1") < 2 {
+		t.Errorf("sd_notify: %d READY=1, %d WATCHDOG=1; want READY and watchdog pings", r.notify.count("READY=1"), r.notify.count("WATCHDOG=1"))
+	}
+
 	// /status counts every query answered, as the dashboard does.
 	s7 := r.scrape(t)
 	if q := r.status(t).Queries; q < s7.value("coredns_dns_requests_total")+s7.value("localdns_fastpath_answers_total") {

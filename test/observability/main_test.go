@@ -127,7 +127,54 @@ type rig struct {
 	profile        string // path
 	snapshot       string // path
 	d              *daemon
+	notify         *notifySocket
 	nodeIP, podsIP string
+}
+
+// notifySocket plays systemd's side of sd_notify: it collects what the
+// daemon sends.
+type notifySocket struct {
+	path string
+	mu   sync.Mutex
+	msgs []string
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, string(buf[:k]))
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+// count returns how many datagrams carried the line want ("READY=1").
+func (n *notifySocket) count(want string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := 0
+	for _, m := range n.msgs {
+		for _, line := range strings.Split(m, "\n") {
+			if line == want {
+				c++
+			}
+		}
+	}
+	return c
 }
 
 // The cache keeps answers for cacheDurationInSeconds: 5 (the cache's floor)
@@ -178,16 +225,21 @@ func newRig(t *testing.T) *rig {
 	return r
 }
 
-// start runs `localdns run --config profile` and waits until both listeners
-// answer and /ready says so (the first health checks of the upstreams done).
+// start runs `localdns run --config profile` as systemd would run it with
+// WatchdogSec=5s (NOTIFY_SOCKET is a socket the test reads, so the watchdog
+// self-probe and its metrics run), and waits until both listeners answer and
+// /ready says so (the first health checks of the upstreams done).
 func (r *rig) start(t *testing.T) {
 	t.Helper()
 	d := &daemon{done: make(chan error, 1)}
+	notify := listenNotify(t)
 	d.cmd = exec.Command(binary, "run", "--config", r.profile)
+	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.path, "WATCHDOG_USEC=5000000")
 	d.cmd.Stdout, d.cmd.Stderr = d, d
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	r.notify = notify
 	go func() { d.done <- d.cmd.Wait() }()
 	r.d = d
 	t.Cleanup(func() {
@@ -204,9 +256,15 @@ func (r *rig) start(t *testing.T) {
 		}
 		return true
 	})
+	// The health endpoint is served once start-up (self-probe) is complete.
 	waitFor(t, 10*time.Second, "/ready 200", func() bool {
-		code, _ := r.get(t, "/ready")
-		return code == http.StatusOK
+		c := &http.Client{Timeout: time.Second}
+		resp, err := c.Get("http://" + r.health + "/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
 	})
 }
 
