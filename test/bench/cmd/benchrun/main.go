@@ -345,6 +345,9 @@ func dnsperf(ctx context.Context, port int, args ...string) (perfResult, error) 
 	}
 	res, perr := parseDNSPerf(out)
 	werr := cmd.Wait()
+	if ctx.Err() != nil {
+		return res, fmt.Errorf("dnsperf stopped: %w", ctx.Err())
+	}
 	if perr != nil {
 		return res, fmt.Errorf("dnsperf %s: %w", strings.Join(argv, " "), perr)
 	}
