@@ -222,6 +222,11 @@ func writeUpstream(b *strings.Builder, p *config.Profile, ups config.Upstreams, 
 		b.WriteString("        group_names cluster vnet\n")
 	} else {
 		fmt.Fprintf(b, "        group_names %s\n", group)
+		if group == "cluster" {
+			// Probe cluster CoreDNS with a name it answers itself: probing
+			// "." would make its health depend on VNet DNS behind it.
+			fmt.Fprintf(b, "        health_check 0.5s domain %s\n", clusterZone(p))
+		}
 	}
 	if o.Protocol == config.ProtocolForceTCP {
 		b.WriteString("        protocol force_tcp\n")

@@ -5,6 +5,7 @@
 package testdns
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -43,11 +44,7 @@ type Upstream struct {
 func Start(t testing.TB, answer string) *Upstream {
 	t.Helper()
 	u := &Upstream{Answer: net.ParseIP(answer).To4(), queries: map[string]int{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, ln, err := listenPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +58,26 @@ func Start(t testing.TB, answer string) *Upstream {
 	}
 	t.Cleanup(u.Stop)
 	return u
+}
+
+// listenPair binds UDP and TCP on one free port of 127.0.0.1. The UDP port
+// the kernel picks may be taken for TCP (a connection in TIME_WAIT), so it
+// tries again with another port.
+func listenPair() (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for i := 0; i < 20; i++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+	}
+	return nil, nil, fmt.Errorf("no port free for both UDP and TCP: %w", lastErr)
 }
 
 // Stop shuts the upstream down.
