@@ -722,7 +722,11 @@ func (l *lab) restarts() error {
 		}
 		pid, _ = l.localdnsPID()
 		if left := start.Add(v.restartRun).Sub(time.Now()); left < 3*time.Second {
-			note := fmt.Sprintf("restart at %v: localdns answered again only %v before the load ended; what the restart lost is measured only partly", at, left.Round(time.Millisecond))
+			when := fmt.Sprintf("only %v before the load ended", left.Round(time.Millisecond))
+			if left < 0 {
+				when = fmt.Sprintf("%v after the load ended", (-left).Round(time.Millisecond))
+			}
+			note := fmt.Sprintf("restart at %v: localdns answered again %s; what the restart lost is measured only partly", at, when)
 			l.res.Notes = append(l.res.Notes, note)
 			logf("  %s", note)
 		}
