@@ -27,6 +27,13 @@ import (
 // endpoint the traffic left behind.
 func TestLiveEndpoint(t *testing.T) {
 	r := newRig(t)
+	// A real Prometheus scrapes the endpoint throughout, when installed, to
+	// evaluate the alerts' expressions on what localdns really exports. It
+	// starts first: its first scrape comes ~5 s after its start.
+	r.prom = startPrometheus(t, r.metrics)
+	if r.prom == nil {
+		t.Log("prometheus not installed (Debian package prometheus): alert expressions are not evaluated")
+	}
 	r.start(t)
 	if !t.Run("counters move", func(t *testing.T) { r.trafficAndOutage(t) }) {
 		return
@@ -37,6 +44,7 @@ func TestLiveEndpoint(t *testing.T) {
 	t.Run("promlint", func(t *testing.T) { lintScrape(t, final) })
 	t.Run("promtool check metrics", func(t *testing.T) { promtoolCheckMetrics(t, final) })
 	t.Run("localdns status", func(t *testing.T) { r.checkStatusCommand(t) })
+	t.Run("Prometheus evaluates the dashboard and alerts", func(t *testing.T) { r.checkWithPrometheus(t) })
 	t.Run("snapshot survives a restart", func(t *testing.T) { r.checkSnapshot(t) })
 }
 
@@ -254,6 +262,14 @@ func (r *rig) trafficAndOutage(t *testing.T) {
 	// Outage: the cluster DNS stops answering. The health gauge flips, /ready
 	// says why, the cluster names (expired by now) are answered stale, a new
 	// cluster name fails fast, a new external name fails over to VNet DNS.
+	if r.prom != nil {
+		// Prometheus must have samples from before the outage to see the
+		// counters rise.
+		waitFor(t, 15*time.Second, "2 scrapes of localdns by Prometheus", func() bool {
+			n, err := r.prom.query(`count_over_time(up{job="localdns"}[1m]) >= 2`)
+			return err == nil && n == 1
+		})
+	}
 	r.cluster.Set(testdns.Silent)
 	waitFor(t, 10*time.Second, "localdns_upstream_healthy{group=cluster} 0", func() bool {
 		s := r.scrape(t)
@@ -308,6 +324,14 @@ func (r *rig) trafficAndOutage(t *testing.T) {
 		return r.scrape(t).listenerValue("localdns_cache_refresh_failures_total", r.podsIP)-s5.listenerValue("localdns_cache_refresh_failures_total", r.podsIP) >= 1
 	})
 
+	if r.prom != nil {
+		series := r.waitAlert(t, "LocalDNSUpstreamGroupDown", true)
+		if len(series) != 1 || series[0]["group"] != "cluster" {
+			t.Errorf("LocalDNSUpstreamGroupDown holds for %v, want group cluster only", series)
+		}
+		r.waitAlert(t, "LocalDNSServingStale", true)
+	}
+
 	// Recovery.
 	r.cluster.Set(testdns.Answer)
 	waitFor(t, 10*time.Second, "localdns_upstream_healthy{group=cluster} 1", func() bool {
@@ -319,6 +343,9 @@ func (r *rig) trafficAndOutage(t *testing.T) {
 	})
 	if st := r.status(t); !st.Ready {
 		t.Errorf("/status after recovery: not ready: %q", st.NotReady)
+	}
+	if r.prom != nil {
+		r.waitAlert(t, "LocalDNSUpstreamGroupDown", false)
 	}
 	// The watchdog's self-probe (every second with WatchdogSec=5s) ran and
 	// passed, and each pass pinged systemd.

@@ -129,6 +129,8 @@ type rig struct {
 	d              *daemon
 	notify         *notifySocket
 	nodeIP, podsIP string
+	prom           *prometheusServer // nil without the prometheus binary
+	fired          map[string]bool   // alerts whose condition held in Prometheus
 }
 
 // notifySocket plays systemd's side of sd_notify: it collects what the
@@ -208,6 +210,7 @@ func newRig(t *testing.T) *rig {
 		vnet:    testdns.Start(t, "192.0.2.20"),
 		nodeIP:  "127.0.30.1",
 		podsIP:  "127.0.30.2",
+		fired:   map[string]bool{},
 	}
 	ports := freePorts(t, 4)
 	r.port = ports[0]
