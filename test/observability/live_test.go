@@ -22,9 +22,10 @@ import (
 // the cluster upstream down and brings it back, and checks after each step
 // that the live endpoint's counters moved by exactly what was sent, that
 // /health, /ready and /status (and `localdns status`) say what happened, and
-// that the cache snapshot survives a restart. The subtests after the first
-// check the shipped alerts and dashboard and lint the metrics against the
-// endpoint the traffic left behind.
+// that the cache snapshot survives a restart. With Prometheus installed, a
+// real Prometheus scrapes throughout and the alerts' conditions are evaluated
+// on it. The subtests after the first check the shipped alerts and dashboard
+// and lint the metrics against the endpoint the traffic left behind.
 func TestLiveEndpoint(t *testing.T) {
 	r := newRig(t)
 	// A real Prometheus scrapes the endpoint throughout, when installed, to
@@ -48,7 +49,8 @@ func TestLiveEndpoint(t *testing.T) {
 	t.Run("snapshot survives a restart", func(t *testing.T) { r.checkSnapshot(t) })
 }
 
-// listener IPs, for sums over a listener whatever port its label carries.
+// nodeServer and podsServer are the server label values of the listeners,
+// as CoreDNS writes them.
 func (r *rig) nodeServer() string { return "dns://" + r.node }
 func (r *rig) podsServer() string { return "dns://" + r.pods }
 
@@ -296,6 +298,7 @@ func (r *rig) trafficAndOutage(t *testing.T) {
 		}
 	}
 	out, exit := r.runStatus(t)
+	t.Logf("localdns status during the cluster DNS outage:\n%s", out)
 	if exit != 1 || !strings.Contains(out, "NOT READY") || !strings.Contains(out, "upstream group cluster") {
 		t.Errorf("localdns status with the cluster group down: exit %d, output:\n%s", exit, out)
 	}
