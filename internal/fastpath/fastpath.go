@@ -20,6 +20,9 @@ import (
 	"net"
 	"strings"
 
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -158,13 +161,32 @@ func lowerQName(q []byte, buf []byte) (int, bool) {
 	return n, true
 }
 
+// batchSize is how many datagrams one recvmmsg/sendmmsg moves at most: a
+// busy listener pays one system call per batch instead of two per query.
+const batchSize = 32
+
 // Conn is a listener's UDP socket with the fast path in front: ReadFrom
-// answers what the cache can and returns the other queries to the caller
-// (the CoreDNS server's read loop).
+// reads datagrams in batches (recvmmsg), answers what the cache can with
+// batched writes (sendmmsg), and returns the other queries one at a time to
+// the caller (the CoreDNS server's read loop), which answers them through
+// the plugin chain.
 type Conn struct {
 	*net.UDPConn
 	table *Table
-	out   []byte
+	batch batchConn
+
+	in     []ipv4.Message // read batch
+	inN    int            // datagrams in the read batch
+	inNext int            // next one to look at
+	out    []ipv4.Message // answers waiting to be sent
+	outN   int
+}
+
+// batchConn is the recvmmsg/sendmmsg side of x/net's ipv4 and ipv6
+// packet conns (they share the Message type).
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
 }
 
 // Wrap puts the fast path in front of pc; with a nil table it returns pc.
@@ -172,24 +194,62 @@ func Wrap(pc *net.UDPConn, table *Table) net.PacketConn {
 	if table == nil {
 		return pc
 	}
-	return &Conn{UDPConn: pc, table: table, out: make([]byte, 65535)}
+	c := &Conn{UDPConn: pc, table: table, in: make([]ipv4.Message, batchSize), out: make([]ipv4.Message, batchSize)}
+	if a, ok := pc.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
+		c.batch = ipv6.NewPacketConn(pc)
+	} else {
+		c.batch = ipv4.NewPacketConn(pc)
+	}
+	for i := range c.in {
+		c.in[i].Buffers = [][]byte{make([]byte, 65535)}
+		c.out[i].Buffers = [][]byte{make([]byte, 65535)}
+	}
+	return c
 }
 
 // ReadFrom implements net.PacketConn. It is called from one goroutine (the
-// server's read loop), so the answer buffer needs no lock.
+// server's read loop), so the batches need no lock.
 func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
-		n, from, err := c.UDPConn.ReadFromUDPAddrPort(p)
-		if err != nil {
-			return n, nil, err
-		}
-		if m := c.table.Answer(p[:n], false, c.out); m > 0 {
-			if _, err := c.UDPConn.WriteToUDPAddrPort(c.out[:m], from); err == nil {
-				continue
+		if c.inNext == c.inN {
+			c.flush() // answers go out before we may block
+			n, err := c.batch.ReadBatch(c.in, 0)
+			if err != nil {
+				return 0, nil, err
 			}
-			// A failed write (e.g. EAGAIN on a full send buffer): let the
-			// server answer it the slow way rather than dropping it.
+			c.inN, c.inNext = n, 0
 		}
-		return n, net.UDPAddrFromAddrPort(from), nil
+		m := &c.in[c.inNext]
+		c.inNext++
+		query := m.Buffers[0][:m.N]
+		out := &c.out[c.outN]
+		if n := c.table.Answer(query, false, out.Buffers[0][:cap(out.Buffers[0])]); n > 0 {
+			out.Buffers[0] = out.Buffers[0][:n]
+			out.Addr = m.Addr
+			c.outN++
+			if c.outN == len(c.out) {
+				c.flush()
+			}
+			continue
+		}
+		c.flush()
+		return copy(p, query), m.Addr, nil
 	}
+}
+
+// flush sends the pending answers. An answer the kernel refuses (a full
+// send buffer) is dropped like any lost datagram; the client retries.
+func (c *Conn) flush() {
+	for sent := 0; sent < c.outN; {
+		n, err := c.batch.WriteBatch(c.out[sent:c.outN], 0)
+		if err != nil || n == 0 {
+			break
+		}
+		sent += n
+	}
+	for i := 0; i < c.outN; i++ {
+		c.out[i].Buffers[0] = c.out[i].Buffers[0][:cap(c.out[i].Buffers[0])]
+		c.out[i].Addr = nil
+	}
+	c.outN = 0
 }
