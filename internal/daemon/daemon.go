@@ -142,6 +142,11 @@ type Daemon struct {
 	stopping   atomic.Bool
 }
 
+// startProbeTimeout bounds the start-up self-probe. Under socket activation
+// the probe queues behind every query the kernel held while the process was
+// replaced (up to ~20k per listener), so it gets far longer than one probe.
+const startProbeTimeout = 30 * time.Second
+
 // ErrDisabled is returned by Start when the profile's mode is Disabled.
 var ErrDisabled = errors.New("mode is Disabled")
 
@@ -206,7 +211,7 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	for _, s := range set.Release() {
 		d.log.Warn("socket passed by systemd matches no listener", "socket", s.String())
 	}
-	if err := d.probeAll(ctx, 5*time.Second); err != nil {
+	if err := d.probeAll(ctx, startProbeTimeout); err != nil {
 		return nil, d.abort(stepErr("self-probe", ExitProbe, err))
 	}
 	if d.manage {

@@ -44,11 +44,18 @@ func (h *Nodecache) refreshAsync(ctx context.Context, e *entry, c *counters, pro
 	if h.recheckPending(e) || !e.refreshing.CompareAndSwap(false, true) {
 		return
 	}
+	select {
+	case h.store.refreshes <- struct{}{}:
+	default:
+		e.refreshing.Store(false) // at the bound: stays stale for now
+		return
+	}
 	if prefetch {
 		c.prefetches.Inc()
 	}
 	bg := context.WithoutCancel(ctx)
 	go func() {
+		defer func() { <-h.store.refreshes }()
 		defer e.refreshing.Store(false)
 		res := h.refresh(bg, e, proto)
 		if res.failed() || res.entry == nil {

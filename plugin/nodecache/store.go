@@ -38,6 +38,13 @@ type Store struct {
 
 	flight flightGroup
 
+	// refreshes bounds the background refreshes and prefetches in flight.
+	// When many entries expire together (names cached at the same moment,
+	// a restored snapshot) every hit would start one: thousands of upstream
+	// queries and goroutines at once, while stale answers serve clients
+	// anyway. Past the bound an entry simply stays stale until a later hit.
+	refreshes chan struct{}
+
 	// handlers maps a Namespace to the block that owns it, so ServeWire can
 	// refresh in the background; copy-on-write, read without a lock.
 	handlers atomic.Pointer[map[Namespace]*Nodecache]
@@ -51,6 +58,11 @@ type Store struct {
 
 func (s *Store) now() time.Time { return s.clock() }
 
+// maxRefreshes is how many background refreshes run at once, process-wide:
+// enough to keep a busy node's hot names fresh (each takes an upstream
+// round trip), few enough that a mass expiry does not flood the upstreams.
+const maxRefreshes = 128
+
 type shard struct {
 	mu          sync.RWMutex
 	m           map[uint64]*entry
@@ -61,7 +73,7 @@ type shard struct {
 
 // NewStore returns an empty store that keeps at most budget bytes.
 func NewStore(budget int64) *Store {
-	s := &Store{clock: time.Now}
+	s := &Store{clock: time.Now, refreshes: make(chan struct{}, maxRefreshes)}
 	for i := range s.shards {
 		s.shards[i].m = make(map[uint64]*entry)
 	}
