@@ -33,6 +33,9 @@ type Result struct {
 	Rcodes    map[string]int // responses by rcode name
 	Latencies []time.Duration
 	Elapsed   time.Duration // wall time of the run(s), for QPS
+	// CPU is the CPU time (user + system) the dnsperf processes used: the
+	// client's own cost, to show it was not the bottleneck.
+	CPU time.Duration
 	// Failures are the first MaxFailures per-query lines that failed
 	// (timed out or answered with an unexpected rcode), for diagnosis.
 	Failures []string
@@ -108,6 +111,7 @@ func (r *Result) Merge(o *Result) {
 	r.Latencies = append(r.Latencies, o.Latencies...)
 	r.Failures = append(r.Failures, o.Failures[:min(len(o.Failures), max(0, MaxFailures-len(r.Failures)))]...)
 	r.Elapsed = max(r.Elapsed, o.Elapsed)
+	r.CPU += o.CPU
 }
 
 // SuccessRate is the share of sent queries answered with the expected rcode.
@@ -164,6 +168,7 @@ type Run struct {
 	Timeout  time.Duration // -t
 	BufferKB int           // -b: socket buffers, so a briefly starved dnsperf does not drop answers
 	Nice     int           // run under nice(1) with this adjustment (0: not)
+	CPUs     string        // run under taskset(1) on these CPUs ("": anywhere)
 }
 
 // Args returns the command line (ip netns exec ... dnsperf ...).
@@ -174,6 +179,10 @@ func (r Run) Args() []string {
 	}
 	if r.Netns != "" {
 		args = append(args, "ip", "netns", "exec", r.Netns)
+	}
+	if r.CPUs != "" {
+		// Innermost, so dnsperf itself is pinned (taskset execs it).
+		args = append(args, "taskset", "-c", r.CPUs)
 	}
 	args = append(args, "dnsperf", "-s", r.Server, "-d", r.Data, "-v")
 	if r.QPS > 0 {
@@ -223,6 +232,10 @@ func (r Run) Start(expect Expect) (*Handle, error) {
 		}
 		if h.res != nil {
 			h.res.Elapsed = time.Since(start)
+			// nice, ip netns exec and taskset exec: the process is dnsperf.
+			if ps := cmd.ProcessState; ps != nil {
+				h.res.CPU = ps.UserTime() + ps.SystemTime()
+			}
 			if h.res.Sent == 0 && h.err == nil {
 				h.err = fmt.Errorf("dnsperf %s sent nothing: %s", strings.Join(args, " "), strings.TrimSpace(stderr.String()))
 			}

@@ -79,8 +79,8 @@ func TestMerge(t *testing.T) {
 }
 
 func TestArgs(t *testing.T) {
-	got := strings.Join(Run{Netns: "ns1", Server: "10.0.0.10", Data: "f", QPS: 5000, Duration: 10 * time.Second, Clients: 2, Outstand: 500, Timeout: 2 * time.Second, BufferKB: 4096, Nice: -10}.Args(), " ")
-	want := "nice -n -10 ip netns exec ns1 dnsperf -s 10.0.0.10 -d f -v -Q 5000 -l 10 -c 2 -q 500 -t 2 -b 4096"
+	got := strings.Join(Run{Netns: "ns1", Server: "10.0.0.10", Data: "f", QPS: 5000, Duration: 10 * time.Second, Clients: 2, Outstand: 500, Timeout: 2 * time.Second, BufferKB: 4096, Nice: -10, CPUs: "0"}.Args(), " ")
+	want := "nice -n -10 ip netns exec ns1 taskset -c 0 dnsperf -s 10.0.0.10 -d f -v -Q 5000 -l 10 -c 2 -q 500 -t 2 -b 4096"
 	if got != want {
 		t.Errorf("args\n got %s\nwant %s", got, want)
 	}

@@ -34,6 +34,11 @@ type Phase struct {
 	CoreDNSCPU   float64 // CPU seconds both CoreDNS pods used
 	LocalDNSCPU  float64 // CPU seconds localdns used
 	LoadAvg      float64 // 1-minute load average at the end of the phase
+	// With pinning: how busy the load side's CPU (dnsperf, emulation, the
+	// lab) and the servers' CPU were during the phase.
+	LoadCPUBusy   float64
+	ServerCPUBusy float64
+	ClientCPU     float64 // CPU seconds the dnsperf processes used
 }
 
 // FromResult fills the dnsperf side of a phase. Percentiles are over every
@@ -44,7 +49,7 @@ func FromResult(scenario, class, name string, r *perf.Result, timeout time.Durat
 		Sent: r.Sent, Answered: r.Answered, Lost: r.Lost, Succeeded: r.Succeeded, Rcodes: r.Rcodes,
 		P50: r.PercentileSent(50, timeout), P95: r.PercentileSent(95, timeout), P99: r.PercentileSent(99, timeout),
 		P999: r.PercentileSent(99.9, timeout), Max: r.PercentileSent(100, timeout),
-		Elapsed: r.Elapsed, Timeout: timeout,
+		Elapsed: r.Elapsed, Timeout: timeout, ClientCPU: r.CPU.Seconds(),
 	}
 }
 
@@ -97,6 +102,8 @@ type Settings struct {
 	DNSPerfVersion   string
 	Machine          string
 	Nice             int     // nice(1) adjustment of the lab's processes
+	Pinned           bool    // load side and servers on separate CPUs
+	Pinning          string  // which CPUs ran what, or why nothing was pinned
 	BusyBefore       float64 // share of the machine's CPU busy in the 2 s before the lab started
 	Started          time.Time
 	Took             time.Duration

@@ -74,19 +74,25 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 
 	b.WriteString("\n## Latency (cache-hit traffic after a warm-up)\n\n")
 	b.WriteString("Per-query times from dnsperf's verbose output, percentiles by nearest rank over every query sent (both pods together); a query without an answer within dnsperf's timeout counts as taking the timeout.\n\n")
-	b.WriteString("| names | scenario | p50 | p95 | p99 | p99.9 | max | success | queries | achieved QPS | machine CPU busy / load | CPU: CoreDNS / localdns / emulation |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| names | scenario | p50 | p95 | p99 | p99.9 | max | success | queries | achieved QPS | machine CPU busy / load | CPU busy: load side / servers | CPU: CoreDNS / localdns / emulation / dnsperf |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range Classes {
 		for _, sc := range []struct {
 			name string
 			p    Phase
 		}{{"centralized", r.Centralized[c]}, {"localdns", r.LocalDNS[c]}} {
 			p := sc.p
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.3f%% | %d | %.0f | %.0f%% / %.1f | %.0f%% / %.0f%% / %.0f%% |\n", c, sc.name,
-				fmtDur(p.P50), fmtDur(p.P95), fmtDur(p.P99), fmtDur(p.P999), fmtDur(p.Max), 100*p.SuccessRate(), p.Sent, p.QPS(), 100*p.MachineBusy, p.LoadAvg,
-				pct(p.CoreDNSCPU, p.Elapsed), pct(p.LocalDNSCPU, p.Elapsed), pct(p.EmulationCPU, p.Elapsed))
+			split := "not pinned"
+			if s.Pinned {
+				split = fmt.Sprintf("%.0f%% / %.0f%%", 100*p.LoadCPUBusy, 100*p.ServerCPUBusy)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %.3f%% | %d | %.0f | %.0f%% / %.1f | %s | %.0f%% / %.0f%% / %.0f%% / %.0f%% |\n", c, sc.name,
+				fmtDur(p.P50), fmtDur(p.P95), fmtDur(p.P99), fmtDur(p.P999), fmtDur(p.Max), 100*p.SuccessRate(), p.Sent, p.QPS(), 100*p.MachineBusy, p.LoadAvg, split,
+				pct(p.CoreDNSCPU, p.Elapsed), pct(p.LocalDNSCPU, p.Elapsed), pct(p.EmulationCPU, p.Elapsed), pct(p.ClientCPU, p.Elapsed))
 		}
 	}
-	b.WriteString("\nThe last column is the whole machine (shared with other work): how busy its CPUs were during the phase, the lab included, and the 1-minute load average at its end. Latency tails on a saturated machine measure the CPU scheduler as much as the resolvers. The CPU column is in percent of one core: both CoreDNS pods, localdns, and the emulation (delay proxies and external resolver), whose CPU a real network hop would not take from the CoreDNS pods, so it weighs on the centralized scenario.\n\n")
+	b.WriteString("\n\"Machine CPU busy\" is the whole machine (possibly shared with other work): how busy its CPUs were during the phase, the lab included, and the 1-minute load average at its end. " +
+		"\"CPU busy: load side / servers\" is each of the two pinned CPUs (see How it was measured): a load side near 100% would make the client, not the resolver, the bottleneck. " +
+		"The last column is in percent of one core: both CoreDNS pods, localdns, the emulation (delay proxies and external resolver) and both dnsperf processes (their -v per-query output included).\n\n")
 	for _, c := range charts {
 		fmt.Fprintf(&b, "![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
 	}
@@ -144,6 +150,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 
 	b.WriteString("## How it was measured\n\n")
 	fmt.Fprintf(&b, "- Every process of the lab (servers, localdns, dnsperf) ran at nice %d, both scenarios alike, so that other work on the machine weighs less on the tails.\n", s.Nice)
+	fmt.Fprintf(&b, "- CPUs: %s.\n", s.Pinning)
 	fmt.Fprintf(&b, "- Load: dnsperf (%s), %d QPS in total from %d client pods (%d sockets each), %v per measured phase; cluster and external names in separate phases.\n",
 		s.DNSPerfVersion, s.QPS, s.Pods, s.ClientsPerPod, s.PhaseDuration)
 	fmt.Fprintf(&b, "- Names: %d cluster and %d external names, popularity Zipf (s=%.1f), each lookup expanded through the pod's ndots:5 search path "+
@@ -153,7 +160,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 	fmt.Fprintf(&b, "- CoreDNS pods: stock CoreDNS (%s), `template` answers for services (TTL %d s as kubeadm's `ttl 30`), NXDOMAIN with SOA for the rest of cluster.local, `forward` to the external resolver, `cache 30`, NSID naming the pod.\n", s.CoreDNSVersion, s.ClusterTTL)
 	fmt.Fprintf(&b, "- Service address: kube-proxy nft-mode rules in the node namespace, `numgen random mod 2` DNAT per new conntrack flow, for pods (prerouting) and the node itself (output).\n")
 	fmt.Fprintf(&b, "- External resolver (\"Azure DNS\"): the lab's miekg/dns server, A answers with TTL %d s.\n", s.ExternalTTL)
-	fmt.Fprintf(&b, "- **Emulated** (the kernel has no netem): the hop to a CoreDNS pod, %s; the external resolver's own latency, %s. Everything beyond these is real: CoreDNS's processing, conntrack/DNAT, veths and the CPU contention of the shared cores.\n", s.CoreDNSDelay, s.ExternalDelay)
+	fmt.Fprintf(&b, "- **Emulated** (the kernel has no netem): the hop to a CoreDNS pod, %s; the external resolver's own latency, %s. Everything beyond these is real: CoreDNS's processing, conntrack/DNAT, veths, and the CPU each server gets (one CPU for the servers under test when pinned).\n", s.CoreDNSDelay, s.ExternalDelay)
 	fmt.Fprintf(&b, "- localdns: %s, the AKS default profile with the lab's service address and external resolver (`localdns.yaml` in the lab's scratch directory), managing the node namespace's network itself (listener addresses on lo, as the kernel has no dummy links; nftables conntrack bypass).\n", s.LocalDNSVersion)
 	return b.String()
 }

@@ -29,15 +29,19 @@ type procs struct {
 	list   []*proc
 }
 
-// start runs argv inside netns with its output in logDir/name.log.
-// `ip netns exec` execs the command, so the PID is the command's own.
-func (ps *procs) start(name, netns string, argv ...string) (*proc, error) {
+// start runs argv inside netns, on the CPUs cpus ("": anywhere), with its
+// output in logDir/name.log. `ip netns exec` and taskset exec the command, so
+// the PID is the command's own; its children inherit the CPUs.
+func (ps *procs) start(name, netns, cpus string, argv ...string) (*proc, error) {
 	logPath := filepath.Join(ps.logDir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if cpus != "" {
+		argv = append([]string{"taskset", "-c", cpus}, argv...)
+	}
 	args := topo.In(netns, argv...)
 	if ps.nice != 0 {
 		// Linux nice values are per thread: setpriority in this Go process

@@ -79,6 +79,7 @@ type lab struct {
 	quietWait    time.Duration       // how long to wait for a quiet machine
 	nice         int                 // nice(1) adjustment of every process the lab starts
 	noActivation bool                // localdns binds its own sockets
+	pin          pinning             // which CPUs the load side and the servers run on
 }
 
 func runCmd(args []string) error {
@@ -94,6 +95,7 @@ func runCmd(args []string) error {
 	unit := fs.String("socket-unit", "systemd/localdns.socket", "socket unit whose ReceiveBuffer= the harness uses")
 	noAct := fs.Bool("no-activation", false, "run localdns on sockets it binds itself (no socket activation), for comparison")
 	quietWait := fs.Duration("quiet-wait", 0, "before starting, wait up to this long for the machine to be less than 30% busy (a shared machine)")
+	pin := fs.Bool("pin", true, "pin the load side (dnsperf, emulation, the lab) to one CPU and the servers under test to another, both scenarios alike (needs 2 CPUs)")
 	up := fs.Bool("up", false, "only build the lab and start every server, then wait for SIGINT (for poking around)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -134,7 +136,18 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	l := &lab{rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct}
+	pins := planPinning(*pin)
+	if pins.load != "" {
+		// Twice: a thread the runtime clones while the first pass runs
+		// may have started from an unpinned one.
+		for range 2 {
+			if err := pinSelf(pins.loadCPU); err != nil {
+				return err
+			}
+		}
+	}
+	logf("CPUs: %s", pins.note)
+	l := &lab{pin: pins, rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct}
 
 	// One lab at a time: a second run would tear down the first's network.
 	lock, err := topo.Lock()
@@ -224,9 +237,9 @@ func cleanCmd(args []string) error {
 
 // machineBusy samples how busy the machine's CPUs are over d.
 func machineBusy(d time.Duration) float64 {
-	a := readCPU()
+	a := readCPU("cpu")
 	time.Sleep(d)
-	return readCPU().busySince(a)
+	return readCPU("cpu").busySince(a)
 }
 
 func (l *lab) run() error {
@@ -254,6 +267,8 @@ func (l *lab) run() error {
 			Started:         start.UTC(),
 			BusyBefore:      busy,
 			Nice:            l.nice,
+			Pinning:         l.pin.note,
+			Pinned:          l.pin.load != "",
 		},
 		Centralized: map[string]report.Phase{},
 		LocalDNS:    map[string]report.Phase{},
@@ -376,7 +391,7 @@ func interleave(a, b []string) []string {
 // reaches both.
 func (l *lab) startServers() error {
 	v := l.v
-	if _, err := l.procs.start("extdns", topo.AzureDNS, l.self, "extdns",
+	if _, err := l.procs.start("extdns", topo.AzureDNS, l.pin.load, l.self, "extdns",
 		"-listen", topo.AzureDNSIP+":53", "-metrics", "127.0.0.1:9100",
 		"-ttl", strconv.Itoa(v.externalTTL), "-base", v.extBase.String(), "-jitter", v.extJitter.String()); err != nil {
 		return err
@@ -387,10 +402,10 @@ func (l *lab) startServers() error {
 		if err := os.WriteFile(cf, []byte(coreDNSCorefile(name, v.clusterTTL)), 0o644); err != nil {
 			return err
 		}
-		if _, err := l.procs.start(name, p.Netns, filepath.Join(l.bin, "coredns-stock"), "-conf", cf); err != nil {
+		if _, err := l.procs.start(name, p.Netns, l.pin.servers, filepath.Join(l.bin, "coredns-stock"), "-conf", cf); err != nil {
 			return err
 		}
-		if _, err := l.procs.start(name+"-hop", p.Netns, l.self, "delayproxy",
+		if _, err := l.procs.start(name+"-hop", p.Netns, l.pin.load, l.self, "delayproxy",
 			"-listen", p.Addr+":53", "-to", "127.0.0.1:1053", "-base", v.hopBase.String(), "-jitter", v.hopJitter.String()); err != nil {
 			return err
 		}
@@ -497,7 +512,7 @@ func (l *lab) startLocalDNS() error {
 	argv := []string{"--", filepath.Join(l.bin, "localdns"), "run", "--config", profile}
 	if l.noActivation {
 		l.res.Settings.ActivationNote = "socket activation off for this run (-no-activation)"
-		p, err := l.procs.start("localdns-plain", topo.Node, append([]string{l.self, "sockact"}, argv...)...)
+		p, err := l.procs.start("localdns-plain", topo.Node, l.pin.servers, append([]string{l.self, "sockact"}, argv...)...)
 		if err != nil {
 			return err
 		}
@@ -505,7 +520,7 @@ func (l *lab) startLocalDNS() error {
 		return l.waitLocalDNS(p, 20*time.Second)
 	}
 	listens = append(listens, "-rcvbuf", strconv.Itoa(l.rcvbuf))
-	p, err := l.procs.start("localdns", topo.Node, append(append([]string{l.self, "sockact"}, listens...), argv...)...)
+	p, err := l.procs.start("localdns", topo.Node, l.pin.servers, append(append([]string{l.self, "sockact"}, listens...), argv...)...)
 	if err != nil {
 		return err
 	}
@@ -518,7 +533,7 @@ func (l *lab) startLocalDNS() error {
 	}
 	l.res.Settings.ActivationNote = "localdns did not start on the sockets passed by socket activation (LISTEN_FDS): " + lastLine(p.tail(600))
 	logf("%s; measuring plain restarts instead", l.res.Settings.ActivationNote)
-	p, err = l.procs.start("localdns-plain", topo.Node, append([]string{l.self, "sockact"}, argv...)...)
+	p, err = l.procs.start("localdns-plain", topo.Node, l.pin.servers, append([]string{l.self, "sockact"}, argv...)...)
 	if err != nil {
 		return err
 	}
@@ -572,7 +587,7 @@ func waitFor(timeout time.Duration, f func() error) error {
 // a few.
 func (l *lab) dnsperfWarm(server string, complete bool) (*perf.Result, error) {
 	run := perf.Run{Netns: topo.Pod1, Server: server, Data: l.data["warm"][0], Once: true, QPS: warmQPS,
-		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second, BufferKB: dnsperfBufferKB, Nice: l.nice}
+		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second, BufferKB: dnsperfBufferKB, Nice: l.nice, CPUs: l.pin.load}
 	total := &perf.Result{}
 	for pass := 1; ; pass++ {
 		res, err := perf.RunAll([]perf.Run{run}, workload.Expected)
@@ -617,7 +632,7 @@ func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) [
 	var runs []perf.Run
 	for i, p := range topo.Pods {
 		runs = append(runs, perf.Run{Netns: p.Netns, Server: server, Data: l.data[key][i], QPS: l.v.qps / len(topo.Pods),
-			Duration: d, Clients: l.v.clients, Outstand: 10000, Timeout: timeout, BufferKB: dnsperfBufferKB, Nice: l.nice})
+			Duration: d, Clients: l.v.clients, Outstand: 10000, Timeout: timeout, BufferKB: dnsperfBufferKB, Nice: l.nice, CPUs: l.pin.load})
 	}
 	return runs
 }
@@ -784,9 +799,11 @@ func (l *lab) localdnsPID() (int, error) {
 // counters are the servers' cumulative counters at one moment.
 type counters struct {
 	cpu     cpuTimes
-	emuCPU  float64 // CPU seconds of the emulation: delay proxies, external resolver
-	coreCPU float64 // CPU seconds of the CoreDNS pods
-	ldCPU   float64 // CPU seconds of localdns
+	loadCPU cpuTimes // the load side's CPU (when pinned)
+	srvCPU  cpuTimes // the servers' CPU (when pinned)
+	emuCPU  float64  // CPU seconds of the emulation: delay proxies, external resolver
+	coreCPU float64  // CPU seconds of the CoreDNS pods
+	ldCPU   float64  // CPU seconds of localdns
 	coredns []float64
 	ext     float64
 	hits    float64
@@ -795,7 +812,11 @@ type counters struct {
 }
 
 func (l *lab) counters() counters {
-	c := counters{cpu: readCPU()}
+	c := counters{cpu: readCPU("cpu")}
+	if l.pin.load != "" {
+		c.loadCPU = readCPU("cpu" + strconv.Itoa(l.pin.loadCPU))
+		c.srvCPU = readCPU("cpu" + strconv.Itoa(l.pin.srvCPU))
+	}
 	for _, p := range l.procs.list {
 		switch {
 		case strings.HasSuffix(p.name, "-hop") || p.name == "extdns":
@@ -831,6 +852,8 @@ func (l *lab) withCounters(p report.Phase, before, after counters) report.Phase 
 	p.Misses = after.misses - before.misses
 	p.Stale = after.stale - before.stale
 	p.MachineBusy = after.cpu.busySince(before.cpu)
+	p.LoadCPUBusy = after.loadCPU.busySince(before.loadCPU)
+	p.ServerCPUBusy = after.srvCPU.busySince(before.srvCPU)
 	p.EmulationCPU = after.emuCPU - before.emuCPU
 	p.CoreDNSCPU = after.coreCPU - before.coreCPU
 	p.LocalDNSCPU = max(after.ldCPU-before.ldCPU, 0) // a restart resets it
@@ -899,16 +922,26 @@ func kernel() string {
 	return "Linux " + strings.TrimSpace(string(out))
 }
 
-// cpuTimes are the machine's cumulative CPU times from /proc/stat.
+// cpuTimes are cumulative CPU times from /proc/stat.
 type cpuTimes struct{ busy, total float64 }
 
-func readCPU() cpuTimes {
+// readCPU reads the /proc/stat line of label: "cpu" for the whole machine,
+// "cpuN" for CPU N.
+func readCPU(label string) cpuTimes {
 	data, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return cpuTimes{}
 	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var f []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if fs := strings.Fields(line); len(fs) > 1 && fs[0] == label {
+			f = fs // cpu user nice system idle iowait irq softirq steal ...
+			break
+		}
+	}
+	if f == nil {
+		return cpuTimes{}
+	}
 	var t cpuTimes
 	for i, v := range f[1:] {
 		x, _ := strconv.ParseFloat(v, 64)

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// pinning splits the machine's CPUs between the two sides of the experiment,
+// identically in both scenarios. On the nodes of the seed experiment the DNS
+// servers do not share their CPUs with the load generators or the network;
+// on one small machine they would, and the tails would measure the CPU
+// scheduler. So the load side (dnsperf in the pods, the lab itself parsing
+// their output, and the emulation: delay proxies and external resolver) runs
+// on one CPU and the servers under test (the CoreDNS pods, in both
+// scenarios, and localdns) on another.
+type pinning struct {
+	load    string // taskset(1) CPU list of the load side; "" when not pinned
+	servers string // taskset(1) CPU list of the servers; "" when not pinned
+	loadCPU int    // the CPUs' numbers, for their /proc/stat lines (-1: none)
+	srvCPU  int
+	note    string // what was done, for the report
+}
+
+// planPinning picks the first two CPUs this process may run on. With fewer
+// than two (or pinning off) nothing is pinned and the note says so.
+func planPinning(enabled bool) pinning {
+	p := pinning{loadCPU: -1, srvCPU: -1}
+	if !enabled {
+		p.note = "not pinned (-pin=false): the load generators, the emulation and the servers under test shared every CPU, so the tails include their contention for the CPUs"
+		return p
+	}
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		p.note = fmt.Sprintf("not pinned (CPU affinity unreadable: %v): the load generators, the emulation and the servers under test shared every CPU", err)
+		return p
+	}
+	var cpus []int
+	for i := 0; i < len(set)*64 && len(cpus) < 2; i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	if len(cpus) < 2 {
+		p.note = fmt.Sprintf("not pinned: only %d CPU available, so the load generators, the emulation and the servers under test shared it and the tails include their contention for it", set.Count())
+		return p
+	}
+	p.loadCPU, p.srvCPU = cpus[0], cpus[1]
+	p.load, p.servers = strconv.Itoa(cpus[0]), strconv.Itoa(cpus[1])
+	p.note = fmt.Sprintf("pinned, both scenarios alike: the load side (dnsperf in the pods, the lab process reading their output, and the emulation: delay proxies and external resolver) on CPU %d; "+
+		"the servers under test (both CoreDNS pods, in scenario B too as the \"other nodes\", and localdns) on CPU %d. "+
+		"On the seed's real nodes the DNS servers do not share CPUs with the load generators or the network", cpus[0], cpus[1])
+	if n := set.Count(); n > 2 {
+		p.note += fmt.Sprintf("; the machine's other %d CPUs were not used by the lab", n-2)
+	}
+	return p
+}
+
+// pinSelf moves every thread of this process to cpu. Threads the Go runtime
+// creates later are cloned from these and inherit it, and so do the
+// processes the lab starts (taskset overrides it for the servers).
+func pinSelf(cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("pin the lab to CPU %d: %w", cpu, err)
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("pin the lab's thread %d to CPU %d: %w", tid, cpu, err)
+		}
+	}
+	return nil
+}
