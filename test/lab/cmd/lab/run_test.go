@@ -2,6 +2,7 @@ package main
 
 import (
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -54,5 +55,24 @@ func TestCoreDNSCorefile(t *testing.T) {
 		if !strings.Contains(cf, want) {
 			t.Errorf("Corefile lacks %q:\n%s", want, cf)
 		}
+	}
+}
+
+func TestPlanPinning(t *testing.T) {
+	if p := planPinning(false); p.load != "" || p.servers != "" || !strings.Contains(p.note, "not pinned") {
+		t.Errorf("pinning off: %+v", p)
+	}
+	p := planPinning(true)
+	if runtime.NumCPU() < 2 {
+		if p.load != "" || !strings.Contains(p.note, "not pinned") {
+			t.Errorf("%d CPU: %+v, want no pinning", runtime.NumCPU(), p)
+		}
+		return
+	}
+	if p.load == "" || p.servers == "" || p.load == p.servers || p.loadCPU == p.srvCPU {
+		t.Errorf("%d CPUs: %+v, want two different CPUs", runtime.NumCPU(), p)
+	}
+	if l := readCPU("cpu" + p.servers); l.total == 0 {
+		t.Errorf("no /proc/stat line for cpu%s", p.servers)
 	}
 }
