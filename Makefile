@@ -3,13 +3,15 @@
 #   make run      build and run on the embedded laptop profile (unprivileged)
 #   make test     everything CI runs: vet, unit, integration, netns and e2e tests
 #   make bench    cache-hit benchmark: stock CoreDNS cache vs localdns, one run
+#   make bench-mem  one million unique names through a 32 MiB cache, peak RSS
 #   make lab      the full seed experiment in network namespaces (root)
+#   make lab-short  its short variant (< 3 min)
 
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test vet deps clean
+.PHONY: all build run test vet deps clean bench bench-mem bench-bin lab lab-short lab-bins
 
 all: build
 
@@ -28,6 +30,29 @@ vet:
 
 test: vet
 	$(GO) test -count=1 -timeout 20m ./...
+
+# Benchmarks: test/bench/README.md. The baseline gets the same build flags as localdns.
+bench-bin: build
+	$(GO) build -trimpath -ldflags '-s -w' -o bin/coredns-stock ./test/bench/stockcoredns
+	$(GO) build -trimpath -ldflags '-s -w' -o bin/localdns-corefilerun ./test/bench/cmd/corefilerun
+	$(GO) build -o bin/benchrun ./test/bench/cmd/benchrun
+
+bench: bench-bin
+	./bin/benchrun
+
+bench-mem: bench-bin
+	./bin/benchrun -mem
+
+# The lab: test/lab/README.md (root: network namespaces).
+lab-bins: build
+	$(GO) build -o bin/coredns-stock ./test/bench/stockcoredns
+	$(GO) build -o bin/lab ./test/lab/cmd/lab
+
+lab: lab-bins
+	./bin/lab run -out test/lab/results/full
+
+lab-short: lab-bins
+	./bin/lab run -short -out test/lab/results/short
 
 clean:
 	rm -rf bin
