@@ -102,6 +102,7 @@ type Settings struct {
 	DNSPerfVersion   string
 	Machine          string
 	Nice             int     // nice(1) adjustment of the lab's processes
+	NiceGroup        string  // how the lab's scheduler autogroup was reniced, if it was
 	Pinned           bool    // load side and servers on separate CPUs
 	Pinning          string  // which CPUs ran what, or why nothing was pinned
 	BusyBefore       float64 // share of the machine's CPU busy in the 2 s before the lab started

@@ -150,6 +150,9 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 
 	b.WriteString("## How it was measured\n\n")
 	fmt.Fprintf(&b, "- Every process of the lab (servers, localdns, dnsperf) ran at nice %d, both scenarios alike, so that other work on the machine weighs less on the tails.\n", s.Nice)
+	if s.NiceGroup != "" {
+		fmt.Fprintf(&b, "- Scheduling: %s.\n", s.NiceGroup)
+	}
 	fmt.Fprintf(&b, "- CPUs: %s.\n", s.Pinning)
 	fmt.Fprintf(&b, "- Load: dnsperf (%s), %d QPS in total from %d client pods (%d sockets each), %v per measured phase; cluster and external names in separate phases.\n",
 		s.DNSPerfVersion, s.QPS, s.Pods, s.ClientsPerPod, s.PhaseDuration)

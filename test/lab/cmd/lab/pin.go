@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -78,4 +79,35 @@ func pinSelf(cpu int) error {
 		}
 	}
 	return nil
+}
+
+// autogroupNice gives the lab's scheduler autogroup the nice value n, so
+// that -nice works against other sessions: with autogroup scheduling on
+// (kernel.sched_autogroup_enabled), nice values only rank tasks within one
+// session's group, and every session's group gets an equal share of a CPU,
+// whatever its tasks' nice values. restore puts the old value back. With
+// autogroup scheduling off it does nothing: nice values alone count.
+func autogroupNice(n int) (restore func(), note string, err error) {
+	restore = func() {}
+	if on, err := os.ReadFile("/proc/sys/kernel/sched_autogroup_enabled"); err != nil || strings.TrimSpace(string(on)) != "1" {
+		return restore, "autogroup scheduling off: nice values alone rank the lab against other work", nil
+	}
+	data, err := os.ReadFile("/proc/self/autogroup")
+	if err != nil {
+		return restore, "", fmt.Errorf("read the lab's autogroup: %w", err)
+	}
+	// "/autogroup-274 nice 0"
+	f := strings.Fields(string(data))
+	if len(f) != 3 {
+		return restore, "", fmt.Errorf("unexpected /proc/self/autogroup %q", strings.TrimSpace(string(data)))
+	}
+	old, err := strconv.Atoi(f[2])
+	if err != nil {
+		return restore, "", fmt.Errorf("unexpected /proc/self/autogroup %q: %w", strings.TrimSpace(string(data)), err)
+	}
+	if err := os.WriteFile("/proc/self/autogroup", []byte(strconv.Itoa(n)), 0); err != nil {
+		return restore, "", fmt.Errorf("set the lab's autogroup nice to %d: %w", n, err)
+	}
+	restore = func() { os.WriteFile("/proc/self/autogroup", []byte(strconv.Itoa(old)), 0) }
+	return restore, fmt.Sprintf("the lab's scheduler autogroup (%s, the session it runs in) at nice %d as well, as the kernel schedules sessions against each other by their autogroup's nice", f[0], n), nil
 }

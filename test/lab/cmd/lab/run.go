@@ -80,6 +80,7 @@ type lab struct {
 	nice         int                 // nice(1) adjustment of every process the lab starts
 	noActivation bool                // localdns binds its own sockets
 	pin          pinning             // which CPUs the load side and the servers run on
+	groupNote    string              // how the lab's autogroup was reniced
 }
 
 func runCmd(args []string) error {
@@ -147,7 +148,17 @@ func runCmd(args []string) error {
 		}
 	}
 	logf("CPUs: %s", pins.note)
-	l := &lab{pin: pins, rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct}
+	var groupNote string
+	if *nice != 0 {
+		restore, note, err := autogroupNice(*nice)
+		if err != nil {
+			return err
+		}
+		defer restore()
+		groupNote = note
+		logf("scheduling: %s", note)
+	}
+	l := &lab{groupNote: groupNote, pin: pins, rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct}
 
 	// One lab at a time: a second run would tear down the first's network.
 	lock, err := topo.Lock()
@@ -267,6 +278,7 @@ func (l *lab) run() error {
 			Started:         start.UTC(),
 			BusyBefore:      busy,
 			Nice:            l.nice,
+			NiceGroup:       l.groupNote,
 			Pinning:         l.pin.note,
 			Pinned:          l.pin.load != "",
 		},
