@@ -33,6 +33,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netns"
 
+	"github.com/localdns/localdns/internal/testbin"
 	"github.com/localdns/localdns/internal/testdns"
 )
 
@@ -57,21 +58,7 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	}
 	removeStaleNamespaces()
-	dir, err := os.MkdirTemp("", "localdns-node")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	binary = filepath.Join(dir, "localdns")
-	build := exec.Command("go", "build", "-o", binary, "github.com/localdns/localdns/cmd/localdns")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build localdns:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbin.Main(m, &binary)
 }
 
 // removeStaleNamespaces deletes namespaces left by an earlier run of these

@@ -199,10 +199,20 @@ func (r *rig) checkWithPrometheus(t *testing.T) {
 		switch {
 		case err != nil:
 			t.Errorf("alert %s: %v", a.Alert, err)
-		case n != 0 && r.fired[a.Alert]:
+		case n != 0 && (r.fired[a.Alert] || outageAlerts[a.Alert]):
 			t.Logf("alert %s still holds: its window still covers the outage", a.Alert)
 		case n != 0:
 			t.Errorf("alert %s would fire on a healthy node (%d series)", a.Alert, n)
 		}
 	}
+}
+
+// outageAlerts are the alerts the test's upstream outage may set off: their
+// rate windows still cover the outage on the "healthy" node afterwards, so
+// whether the test caught them firing during it is a matter of timing.
+var outageAlerts = map[string]bool{
+	"LocalDNSUpstreamGroupDown": true,
+	"LocalDNSUpstreamDown":      true,
+	"LocalDNSServingStale":      true,
+	"LocalDNSStaleAnswersHigh":  true,
 }
