@@ -93,6 +93,22 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 	b.WriteString("\n\"Machine CPU busy\" is the whole machine (possibly shared with other work): how busy its CPUs were during the phase, the lab included, and the 1-minute load average at its end. " +
 		"\"CPU busy: load side / servers\" is each of the two pinned CPUs (see How it was measured): a load side near 100% would make the client, not the resolver, the bottleneck. " +
 		"The last column is in percent of one core: both CoreDNS pods, localdns, the emulation (delay proxies and external resolver) and both dnsperf processes (their -v per-query output included).\n\n")
+	if s.Pinned {
+		var hot []string
+		for _, c := range Classes {
+			for _, sc := range []struct {
+				name string
+				p    Phase
+			}{{"centralized", r.Centralized[c]}, {"localdns", r.LocalDNS[c]}} {
+				if sc.p.LoadCPUBusy >= 0.9 {
+					hot = append(hot, fmt.Sprintf("%s %s (%.0f%%)", c, sc.name, 100*sc.p.LoadCPUBusy))
+				}
+			}
+		}
+		if len(hot) > 0 {
+			fmt.Fprintf(&b, "> **Caveat:** the load side's CPU was at least 90%% busy in %s: there the client (dnsperf, the emulation) queued too, and that phase's tail includes its queueing, not only the resolver's.\n\n", strings.Join(hot, ", "))
+		}
+	}
 	for _, c := range charts {
 		fmt.Fprintf(&b, "![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
 	}
