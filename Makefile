@@ -28,7 +28,7 @@ deps:
 vet:
 	$(GO) vet ./...
 
-test: vet
+test: deps vet
 	$(GO) test -count=1 -timeout 20m ./...
 
 # Benchmarks: test/bench/README.md. The baseline gets the same build flags as localdns.
