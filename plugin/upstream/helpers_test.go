@@ -275,4 +275,30 @@ func healthyGauge(t testing.TB, group, addr string) float64 {
 	return metric(t, "localdns_upstream_healthy", "group", group, "upstream", addr)
 }
 
+// markedDown reports whether the healthy gauge of (group, addr) exists and
+// says down. metric reads an absent series as 0, which must not count as
+// "marked down" (the series is published after the first probe).
+func markedDown(t testing.TB, group, addr string) bool {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "localdns_upstream_healthy" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			if got["group"] == group && got["upstream"] == addr {
+				return m.GetGauge().GetValue() == 0
+			}
+		}
+	}
+	return false
+}
+
 func lines(s ...string) string { return strings.Join(s, "\n") }

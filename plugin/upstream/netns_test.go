@@ -199,7 +199,7 @@ func runNodeSide(t *testing.T, beNS string) {
 	stopInstance(t, pod1)
 	stopInstance(t, pod2)
 	svc := serviceIP + ":53"
-	waitFor(t, 15*time.Second, "service IP marked down", func() bool { return healthyGauge(t, "cluster", svc) == 0 })
+	waitFor(t, 15*time.Second, "service IP marked down", func() bool { return markedDown(t, "cluster", svc) })
 	t.Logf("service IP marked down %s after the pods stopped", time.Since(stopped).Round(10*time.Millisecond))
 
 	var worstExt, worstCluster time.Duration

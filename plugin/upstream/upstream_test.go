@@ -159,7 +159,7 @@ func TestHealthFastFailAndRecovery(t *testing.T) {
 	a.silent.Store(true)
 	b.silent.Store(true)
 	waitFor(t, 8*time.Second, "both upstreams down", func() bool {
-		return healthyGauge(t, "cluster", a.addr) == 0 && healthyGauge(t, "cluster", b.addr) == 0
+		return markedDown(t, "cluster", a.addr) && markedDown(t, "cluster", b.addr)
 	})
 	fastBefore := metric(t, "localdns_upstream_fast_failures_total", "group", "cluster")
 	for _, name := range []string{"web.default.svc.cluster.local", "www.example.com"} {
@@ -202,7 +202,7 @@ func TestAnsweredQueriesKeepUpstreamUp(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	waitFor(t, 2*time.Second, "down once only failing probes are left", func() bool { return healthyGauge(t, "cluster", a.addr) == 0 })
+	waitFor(t, 2*time.Second, "down once only failing probes are left", func() bool { return markedDown(t, "cluster", a.addr) })
 }
 
 // TestProbeDoesNotDependOnVNet: cluster DNS forwards "." to VNet DNS; while
@@ -248,7 +248,7 @@ func TestFailover(t *testing.T) {
 	}
 
 	cluster.silent.Store(true)
-	waitFor(t, 8*time.Second, "cluster upstream down", func() bool { return healthyGauge(t, "cluster", cluster.addr) == 0 })
+	waitFor(t, 8*time.Second, "cluster upstream down", func() bool { return markedDown(t, "cluster", cluster.addr) })
 	foBefore := metric(t, "localdns_upstream_failovers_total", "from", "cluster", "to", "vnet")
 
 	r, took := ask(t, srv, "udp", "www.example.com", dns.TypeA)
@@ -286,7 +286,7 @@ func TestFailover(t *testing.T) {
 
 	// Both groups down: external names fail fast too.
 	vnet.silent.Store(true)
-	waitFor(t, 8*time.Second, "vnet upstream down", func() bool { return healthyGauge(t, "vnet", vnet.addr) == 0 })
+	waitFor(t, 8*time.Second, "vnet upstream down", func() bool { return markedDown(t, "vnet", vnet.addr) })
 	fastBefore := metric(t, "localdns_upstream_fast_failures_total", "group", "vnet")
 	r, took = ask(t, srv, "udp", "www.example.com", dns.TypeA)
 	if r.Rcode != dns.RcodeServerFailure || took > 100*time.Millisecond {
