@@ -144,8 +144,9 @@ type Daemon struct {
 
 // startProbeTimeout bounds the start-up self-probe. Under socket activation
 // the probe queues behind every query the kernel held while the process was
-// replaced (up to ~20k per listener), so it gets far longer than one probe.
-const startProbeTimeout = 30 * time.Second
+// replaced (up to ~20k per listener: about 2 s of work), so it gets far
+// longer than one probe.
+const startProbeTimeout = 15 * time.Second
 
 // ErrDisabled is returned by Start when the profile's mode is Disabled.
 var ErrDisabled = errors.New("mode is Disabled")

@@ -271,9 +271,9 @@ func TestNoReadyWhenSelfProbeFails(t *testing.T) {
 	before := nodeState(t, node)
 
 	d := startRun(t, node, cfg, runOpts{env: []string{"NOTIFY_SOCKET=" + sock.path, "WATCHDOG_USEC=2000000"}})
-	code, ok := d.wait(20 * time.Second)
+	code, ok := d.wait(35 * time.Second) // the start-up probe gets 15 s
 	if !ok {
-		t.Fatalf("localdns did not exit within 20s with its self-probe failing; log:\n%s", d.Log())
+		t.Fatalf("localdns did not exit within 35s with its self-probe failing; log:\n%s", d.Log())
 	}
 	if code != exitProbe {
 		t.Errorf("exit code %d with the self-probe failing, want %d (ExitProbe); log:\n%s", code, exitProbe, d.Log())
