@@ -36,7 +36,7 @@ type Upstream struct {
 	queries  map[string]int // qname (lower case) -> count
 	total    atomic.Int64
 	delay    atomic.Int64 // ns
-	servers  []*dns.Server
+	stop     func()
 }
 
 // Start starts an upstream on 127.0.0.1 that answers every A query with
@@ -44,20 +44,36 @@ type Upstream struct {
 func Start(t testing.TB, answer string) *Upstream {
 	t.Helper()
 	u := &Upstream{Answer: net.ParseIP(answer).To4(), queries: map[string]int{}}
+	u.Addr, u.stop = Serve(t, u)
+	return u
+}
+
+// Serve runs h on UDP and TCP of one free port of 127.0.0.1 until the test
+// ends, and returns the address and a function that stops it earlier.
+func Serve(t testing.TB, h dns.Handler) (addr string, stop func()) {
+	t.Helper()
 	pc, ln, err := listenPair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.Addr = pc.LocalAddr().String()
-	for _, s := range []*dns.Server{{PacketConn: pc, Handler: u}, {Listener: ln, Handler: u}} {
+	var servers []*dns.Server
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
 		started := make(chan struct{})
 		s.NotifyStartedFunc = func() { close(started) }
 		go s.ActivateAndServe()
 		<-started
-		u.servers = append(u.servers, s)
+		servers = append(servers, s)
 	}
-	t.Cleanup(u.Stop)
-	return u
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			for _, s := range servers {
+				s.Shutdown()
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return pc.LocalAddr().String(), stop
 }
 
 // listenPair binds UDP and TCP on one free port of 127.0.0.1. The UDP port
@@ -81,11 +97,7 @@ func listenPair() (net.PacketConn, net.Listener, error) {
 }
 
 // Stop shuts the upstream down.
-func (u *Upstream) Stop() {
-	for _, s := range u.servers {
-		s.Shutdown()
-	}
-}
+func (u *Upstream) Stop() { u.stop() }
 
 // Set changes how the upstream answers from now on.
 func (u *Upstream) Set(b Behavior) { u.behavior.Store(int32(b)) }

@@ -13,6 +13,8 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/internal/testdns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -28,8 +30,8 @@ func init() {
 // upstream is a DNS server on 127.0.0.1 (UDP and TCP on one port) whose
 // answers the test controls through answer.
 type upstream struct {
-	addr    string
-	servers []*dns.Server
+	addr string
+	stop func()
 
 	mu      sync.Mutex
 	answer  func(r *dns.Msg) *dns.Msg // nil result: stay silent
@@ -41,37 +43,8 @@ type upstream struct {
 func startUpstream(t *testing.T, answer func(r *dns.Msg) *dns.Msg) *upstream {
 	t.Helper()
 	u := &upstream{answer: answer, queries: map[string]int{}}
-	var pc net.PacketConn
-	var ln net.Listener
-	for i := 0; ; i++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		if i > 20 {
-			t.Fatalf("no port free for UDP and TCP: %v", err)
-		}
-	}
-	u.addr = pc.LocalAddr().String()
-	for _, s := range []*dns.Server{{PacketConn: pc, Handler: u}, {Listener: ln, Handler: u}} {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		u.servers = append(u.servers, s)
-		go s.ActivateAndServe()
-		<-started
-	}
-	t.Cleanup(u.stop)
+	u.addr, u.stop = testdns.Serve(t, u)
 	return u
-}
-
-func (u *upstream) stop() {
-	for _, s := range u.servers {
-		s.Shutdown()
-	}
 }
 
 func (u *upstream) set(answer func(r *dns.Msg) *dns.Msg) {

@@ -13,6 +13,8 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/internal/testdns"
 	"github.com/prometheus/client_golang/prometheus"
 
 	_ "github.com/localdns/localdns/internal/plugins"
@@ -28,6 +30,7 @@ func init() {
 // answer, NXDOMAIN for the zones in nxZones, and nothing at all while silent.
 type fakeUpstream struct {
 	addr    string
+	stop    func()
 	answer  string // the A record data it answers with
 	nxZones []string
 
@@ -43,46 +46,13 @@ type fakeUpstream struct {
 	udp, tcp int
 	ports    map[int]bool // UDP source ports of non-health-check queries
 	inflight atomic.Int64
-
-	servers []*dns.Server
 }
 
 func startFake(t testing.TB, answer string, nxZones ...string) *fakeUpstream {
 	t.Helper()
 	f := &fakeUpstream{answer: answer, nxZones: nxZones, ports: map[int]bool{}}
-	var pc net.PacketConn
-	var ln net.Listener
-	for i := 0; ; i++ {
-		var err error
-		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err = net.Listen("tcp", pc.LocalAddr().String())
-		if err == nil {
-			break
-		}
-		pc.Close()
-		if i > 20 {
-			t.Fatalf("no port free for UDP and TCP: %v", err)
-		}
-	}
-	f.addr = pc.LocalAddr().String()
-	for _, s := range []*dns.Server{{PacketConn: pc, Handler: f}, {Listener: ln, Handler: f}} {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		f.servers = append(f.servers, s)
-		go s.ActivateAndServe()
-		<-started
-	}
-	t.Cleanup(f.stop)
+	f.addr, f.stop = testdns.Serve(t, f)
 	return f
-}
-
-func (f *fakeUpstream) stop() {
-	for _, s := range f.servers {
-		s.Shutdown()
-	}
 }
 
 func (f *fakeUpstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
