@@ -221,4 +221,15 @@ func TestFastPathAnswersHits(t *testing.T) {
 	if r := testdns.Query(t, "tcp", addr, "fast.example.", dns.TypeA); len(r.Answer) != 1 {
 		t.Fatalf("tcp hit: %v", r)
 	}
+
+	// Idle past the server's read deadline (3 s): the batched read times
+	// out, and the server must keep reading rather than stop serving UDP.
+	time.Sleep(3500 * time.Millisecond)
+	before = gatherSum(t, "localdns_fastpath_answers_total")
+	if r := testdns.Query(t, "udp", addr, "fast.example.", dns.TypeA); len(r.Answer) != 1 {
+		t.Fatalf("hit after idling: %v", r)
+	}
+	if got := gatherSum(t, "localdns_fastpath_answers_total") - before; got != 1 {
+		t.Fatalf("after idling, the fast path answered %v of 1 hit", got)
+	}
 }
