@@ -27,6 +27,7 @@ import (
 	"github.com/localdns/localdns/internal/corefile"
 	"github.com/localdns/localdns/internal/daemon"
 	_ "github.com/localdns/localdns/internal/plugins" // the CoreDNS build the Corefile is for
+	"github.com/localdns/localdns/internal/testbin"
 	"github.com/localdns/localdns/internal/testdns"
 )
 
@@ -215,8 +216,8 @@ func TestGoldenProfilesServe(t *testing.T) {
 
 func serveCase(t *testing.T, c goldenCase) {
 	run := int(serveRuns.Add(1))
-	cluster := startUpstream(t, "192.0.2.10")
-	vnet := startUpstream(t, "192.0.2.20")
+	cluster := testdns.Start(t, "192.0.2.10")
+	vnet := testdns.Start(t, "192.0.2.20")
 	clusterAddr, vnetAddr := cluster.Addr, vnet.Addr
 	if c.tcpOnly {
 		clusterAddr, vnetAddr = tcpOnly(t, cluster), tcpOnly(t, vnet)
@@ -224,13 +225,13 @@ func serveCase(t *testing.T, c goldenCase) {
 	// Everything on the listener addresses, none on 127.0.0.1: clients'
 	// ephemeral ports (and their TIME_WAIT) live on 127.0.0.1.
 	lp := loopback{node: "127.0.0.11", cluster: "127.0.0.12"}
-	ports := freePorts(t, 4, lp.node, lp.cluster)
+	ports := testbin.FreePorts(t, 4, lp.node, lp.cluster)
 	// CoreDNS's prometheus plugin never serves an address again in a process
 	// once an instance that served it has stopped (its package-level set of
 	// started addresses is only cleared on reload), so each start needs a
 	// metrics port of its own.
 	for metricsUsed[ports[2]] || slices.Contains([]int{ports[0], ports[1], ports[3]}, ports[2]) {
-		ports[2] = freePorts(t, 1, lp.node, lp.cluster)[0]
+		ports[2] = testbin.FreePorts(t, 1, lp.node, lp.cluster)[0]
 	}
 	metricsUsed[ports[2]] = true
 	lp.port, lp.ready = ports[0], ports[1]
@@ -432,87 +433,6 @@ func (lp loopback) write(t *testing.T, src, dir, clusterAddr, vnetAddr string) (
 		t.Fatal(err)
 	}
 	return path, snapshot
-}
-
-// freePorts returns n different ports, each free for UDP and TCP on every
-// one of addrs.
-func freePorts(t *testing.T, n int, addrs ...string) []int {
-	t.Helper()
-	var ports []int
-	for try := 0; len(ports) < n; try++ {
-		if try == 100 {
-			t.Fatalf("no %d ports free on all of %v", n, addrs)
-		}
-		ln, err := net.Listen("tcp", net.JoinHostPort(addrs[0], "0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !slices.Contains(ports, port) && portFree(port, addrs...) {
-			ports = append(ports, port)
-		}
-	}
-	return ports
-}
-
-func portFree(port int, addrs ...string) bool {
-	var closers []io.Closer
-	defer func() {
-		for _, c := range closers {
-			c.Close()
-		}
-	}()
-	for _, a := range addrs {
-		hp := net.JoinHostPort(a, fmt.Sprint(port))
-		ln, err := net.Listen("tcp", hp)
-		if err != nil {
-			return false
-		}
-		closers = append(closers, ln)
-		pc, err := net.ListenPacket("udp", hp)
-		if err != nil {
-			return false
-		}
-		closers = append(closers, pc)
-	}
-	return true
-}
-
-// startUpstream is testdns.Start, retried: it binds UDP on port 0 and then
-// TCP on the same port, which fails while a client connection that used
-// that port as its ephemeral port sits in TIME_WAIT (a few percent of tries
-// on a busy machine).
-func startUpstream(t *testing.T, answer string) *testdns.Upstream {
-	t.Helper()
-	for try := 0; ; try++ {
-		if u, err := tryStartUpstream(t, answer); err == nil {
-			return u
-		} else if try == 20 {
-			t.Fatalf("start a test upstream: %v", err)
-		}
-	}
-}
-
-// fatalTB turns testdns.Start's Fatal into an error for the retry.
-type fatalTB struct{ testing.TB }
-
-type fatalErr struct{ msg string }
-
-func (f fatalTB) Fatal(args ...any)                 { panic(fatalErr{fmt.Sprint(args...)}) }
-func (f fatalTB) Fatalf(format string, args ...any) { panic(fatalErr{fmt.Sprintf(format, args...)}) }
-
-func tryStartUpstream(t *testing.T, answer string) (u *testdns.Upstream, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(fatalErr)
-			if !ok {
-				panic(r)
-			}
-			err = fmt.Errorf("%s", f.msg)
-		}
-	}()
-	return testdns.Start(fatalTB{t}, answer), nil
 }
 
 // tcpOnly serves u's answers on a TCP-only address: a query sent over UDP

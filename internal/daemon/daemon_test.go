@@ -16,18 +16,9 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/localdns/localdns/internal/testbin"
 	"github.com/localdns/localdns/internal/testdns"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().(*net.UDPAddr).Port
-}
 
 func writeCorefile(t *testing.T, path string, port int, upstream string) {
 	t.Helper()
@@ -49,7 +40,7 @@ func writeCorefile(t *testing.T, path string, port int, upstream string) {
 func TestFrontendServesAndReloadsWithoutLoss(t *testing.T) {
 	a := testdns.Start(t, "192.0.2.1")
 	b := testdns.Start(t, "192.0.2.2")
-	port := freePort(t)
+	port := testbin.FreePorts(t, 1)[0]
 	path := filepath.Join(t.TempDir(), "Corefile")
 	writeCorefile(t, path, port, a.Addr)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -169,7 +160,7 @@ func gatherSum(t *testing.T, name string) float64 {
 // client's ID and question casing, and a TTL that counts down.
 func TestFastPathAnswersHits(t *testing.T) {
 	up := testdns.Start(t, "192.0.2.7")
-	port := freePort(t)
+	port := testbin.FreePorts(t, 1)[0]
 	path := filepath.Join(t.TempDir(), "Corefile")
 	text := fmt.Sprintf(`.:%d {
     bind 127.0.0.1

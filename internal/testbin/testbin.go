@@ -1,12 +1,18 @@
-// Package testbin builds the localdns binary once for a test package that
-// runs it as a process (the end-to-end, node and observability tests).
+// Package testbin holds what the tests that run localdns as a process share:
+// building the binary once per package, free loopback ports, and a log
+// buffer for the process's output.
 package testbin
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 )
 
@@ -30,4 +36,74 @@ func Main(m *testing.M, binary *string) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// FreePorts returns n different ports that are free for both UDP and TCP on
+// every one of addrs (127.0.0.1 when none is given). They are released
+// before returning, so a test binds them right after.
+func FreePorts(t testing.TB, n int, addrs ...string) []int {
+	t.Helper()
+	if len(addrs) == 0 {
+		addrs = []string{"127.0.0.1"}
+	}
+	var ports []int
+	for try := 0; len(ports) < n; try++ {
+		if try == 100 {
+			t.Fatalf("no %d ports free on all of %v", n, addrs)
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort(addrs[0], "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !slices.Contains(ports, port) && portFree(port, addrs...) {
+			ports = append(ports, port)
+		}
+	}
+	return ports
+}
+
+func portFree(port int, addrs ...string) bool {
+	var closers []io.Closer
+	defer func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	}()
+	for _, a := range addrs {
+		hp := net.JoinHostPort(a, fmt.Sprint(port))
+		ln, err := net.Listen("tcp", hp)
+		if err != nil {
+			return false
+		}
+		closers = append(closers, ln)
+		pc, err := net.ListenPacket("udp", hp)
+		if err != nil {
+			return false
+		}
+		closers = append(closers, pc)
+	}
+	return true
+}
+
+// Log collects what a process writes to stdout and stderr; it is safe for
+// the exec package's copying goroutines and the test reading it.
+type Log struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write implements io.Writer.
+func (l *Log) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (l *Log) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }

@@ -3,14 +3,11 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,51 +22,21 @@ var binary string
 
 func TestMain(m *testing.M) { testbin.Main(m, &binary) }
 
-// freePorts returns n ports free on 127.0.0.1 for UDP and TCP.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	var hold []net.PacketConn
-	for len(ports) < n {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		hold = append(hold, pc)
-		ports = append(ports, pc.LocalAddr().(*net.UDPAddr).Port)
-	}
-	for _, pc := range hold {
-		pc.Close()
-	}
-	return ports
-}
-
 // Daemon is a running localdns process.
 type Daemon struct {
 	cmd *exec.Cmd
-	mu  sync.Mutex
-	log bytes.Buffer
-}
-
-func (d *Daemon) Write(p []byte) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.log.Write(p)
+	log testbin.Log
 }
 
 // Log returns what the daemon logged so far.
-func (d *Daemon) Log() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.log.String()
-}
+func (d *Daemon) Log() string { return d.log.String() }
 
 // startDaemon runs `localdns run` with args and waits until probe answers.
 func startDaemon(t *testing.T, probe string, args ...string) *Daemon {
 	t.Helper()
 	d := &Daemon{}
 	d.cmd = exec.Command(binary, append([]string{"run"}, args...)...)
-	d.cmd.Stdout, d.cmd.Stderr = d, d
+	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +90,7 @@ kubeDNSOverrides:
 
 func newRig(t *testing.T) *rig {
 	r := &rig{cluster: testdns.Start(t, "192.0.2.10"), vnet: testdns.Start(t, "192.0.2.20")}
-	ports := freePorts(t, 3)
+	ports := testbin.FreePorts(t, 3)
 	r.port, r.ready = ports[0], ports[1]
 	r.metrics = fmt.Sprintf("127.0.0.1:%d", ports[2])
 	r.node = fmt.Sprintf("127.0.20.1:%d", r.port)

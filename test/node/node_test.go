@@ -13,7 +13,6 @@
 package node
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -24,7 +23,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -247,24 +245,13 @@ func newProfile(t *testing.T, u upstreams) profile {
 // proc is a localdns process.
 type proc struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	log  bytes.Buffer
+	log  testbin.Log
 	done chan struct{}
 	err  error // from Wait, valid after done
 }
 
-func (p *proc) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.log.Write(b)
-}
-
 // Log returns what the process logged so far.
-func (p *proc) Log() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.log.String()
-}
+func (p *proc) Log() string { return p.log.String() }
 
 // runOpts are the extras of a `localdns run` process.
 type runOpts struct {
@@ -286,7 +273,7 @@ func startRun(t *testing.T, ns, cfg string, o runOpts) *proc {
 	}
 	args = append(args, binary, "run", "--config", cfg)
 	p := &proc{cmd: exec.Command("ip", args...), done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
 	p.cmd.Env = append(os.Environ(), o.env...)
 	p.cmd.ExtraFiles = o.files
 	if err := p.cmd.Start(); err != nil {

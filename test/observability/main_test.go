@@ -8,7 +8,6 @@
 package observability
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -38,52 +37,16 @@ func TestMain(m *testing.M) { testbin.Main(m, &binary) }
 // repoRoot is where deploy/ lives, relative to this package.
 const repoRoot = "../.."
 
-// freePorts returns n ports free on 127.0.0.1 for UDP and TCP.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	var hold []io.Closer
-	for len(ports) < n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			ln.Close()
-			continue
-		}
-		hold = append(hold, ln, pc)
-		ports = append(ports, port)
-	}
-	for _, c := range hold {
-		c.Close()
-	}
-	return ports
-}
-
 // daemon is a running `localdns run`.
 type daemon struct {
 	cmd      *exec.Cmd
-	mu       sync.Mutex
-	log      bytes.Buffer
+	log      testbin.Log
 	done     chan error
 	stopOnce sync.Once
 }
 
-func (d *daemon) Write(p []byte) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.log.Write(p)
-}
-
 // Log returns what the daemon logged so far.
-func (d *daemon) Log() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.log.String()
-}
+func (d *daemon) Log() string { return d.log.String() }
 
 // stop sends SIGTERM and waits for the exit (the daemon writes its cache
 // snapshot on the way out).
@@ -197,7 +160,7 @@ func newRig(t *testing.T) *rig {
 		podsIP:  "127.0.30.2",
 		fired:   map[string]bool{},
 	}
-	ports := freePorts(t, 4)
+	ports := testbin.FreePorts(t, 4)
 	r.port = ports[0]
 	r.node = net.JoinHostPort(r.nodeIP, fmt.Sprint(r.port))
 	r.pods = net.JoinHostPort(r.podsIP, fmt.Sprint(r.port))
@@ -223,7 +186,7 @@ func (r *rig) start(t *testing.T) {
 	notify := listenNotify(t)
 	d.cmd = exec.Command(binary, "run", "--config", r.profile)
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.path, "WATCHDOG_USEC=5000000")
-	d.cmd.Stdout, d.cmd.Stderr = d, d
+	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,6 @@
 package observability
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/internal/testbin"
 )
 
 // prometheusServer is a Prometheus (Debian package prometheus) the test runs
@@ -22,7 +23,7 @@ import (
 type prometheusServer struct {
 	addr string
 	cmd  *exec.Cmd
-	log  bytes.Buffer
+	log  testbin.Log
 }
 
 // startPrometheus returns nil when prometheus is not installed.
@@ -41,7 +42,7 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &prometheusServer{addr: fmt.Sprintf("127.0.0.1:%d", freePorts(t, 1)[0])}
+	p := &prometheusServer{addr: fmt.Sprintf("127.0.0.1:%d", testbin.FreePorts(t, 1)[0])}
 	p.cmd = exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+p.addr, "--log.level=warn")
 	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
