@@ -21,7 +21,6 @@ import (
 	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/daemon"
 	"github.com/localdns/localdns/internal/plugins"
-	"github.com/localdns/localdns/internal/sdnotify"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -218,17 +217,14 @@ func probeCmd(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	failed := 0
-	for _, a := range []netip.Addr{p.NodeListener, p.ClusterListener} {
-		for _, network := range []string{"udp", "tcp"} {
-			ap := netip.AddrPortFrom(a, p.Port)
-			start := time.Now()
-			if err := sdnotify.Probe(ctx, ap, network); err != nil {
-				failed++
-				fmt.Fprintf(stdout, "FAIL %s/%s: %v\n", ap, network, err)
-				continue
-			}
-			fmt.Fprintf(stdout, "ok   %s/%s %s\n", ap, network, time.Since(start).Round(time.Microsecond))
+	listeners := []netip.AddrPort{netip.AddrPortFrom(p.NodeListener, p.Port), netip.AddrPortFrom(p.ClusterListener, p.Port)}
+	for _, l := range daemon.ProbeListeners(ctx, listeners) {
+		if !l.OK {
+			failed++
+			fmt.Fprintf(stdout, "FAIL %s/%s: %s\n", l.Addr, l.Network, l.Error)
+			continue
 		}
+		fmt.Fprintf(stdout, "ok   %s/%s %s\n", l.Addr, l.Network, time.Duration(l.Latency))
 	}
 	if failed > 0 {
 		return 1

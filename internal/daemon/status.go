@@ -101,7 +101,7 @@ func (d *Daemon) Status(ctx context.Context) Report {
 	if p := d.source.Profile; p != nil {
 		r.Mode = string(p.Mode)
 	}
-	r.Listeners = probeListeners(ctx, d.Listeners())
+	r.Listeners = ProbeListeners(ctx, d.Listeners())
 	fillFromMetrics(&r, prometheus.DefaultGatherer)
 	if d.manage {
 		r.Network = networkReport(d.net)
@@ -110,7 +110,9 @@ func (d *Daemon) Status(ctx context.Context) Report {
 	return r
 }
 
-func probeListeners(ctx context.Context, addrs []netip.AddrPort) []ListenerReport {
+// ProbeListeners queries the probe zone on every address over UDP and TCP,
+// concurrently, each with a one-second timeout.
+func ProbeListeners(ctx context.Context, addrs []netip.AddrPort) []ListenerReport {
 	out := make([]ListenerReport, 2*len(addrs))
 	var wg sync.WaitGroup
 	for i, a := range addrs {

@@ -156,6 +156,11 @@ func TestRoutingPerListenerAndZone(t *testing.T) {
 			t.Errorf("%s also reached the wrong upstream %d times", c.name, n)
 		}
 	}
+	// `localdns probe` finds both listeners answering over UDP and TCP.
+	out, err := exec.Command(binary, "probe", "--config", r.profile).CombinedOutput()
+	if err != nil || strings.Count(string(out), "ok ") != 4 {
+		t.Errorf("localdns probe: %v\n%s", err, out)
+	}
 	// Junk search-path names never leave the node.
 	before := r.vnet.Total() + r.cluster.Total()
 	m := testdns.Query(t, "udp", r.node, "a.b.c.d.internal.cloudapp.net.", dns.TypeA)
