@@ -13,6 +13,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 // TestConntrackBypass measures conntrack entries in a node namespace while a
@@ -149,22 +151,9 @@ func TestConntrackBypass(t *testing.T) {
 		}
 		answered := 0
 		err = withNS(t, from, func() error {
-			buf := make([]byte, 512)
-			raddr := &net.UDPAddr{IP: net.IPv4(169, 254, 10, 11), Port: 53}
-			for i := range queries {
-				c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src, Port: base + i}, raddr)
-				if err != nil {
-					return err
-				}
-				c.SetDeadline(time.Now().Add(time.Second))
-				if _, err := c.Write(wire); err == nil {
-					if n, err := c.Read(buf); err == nil && n > 12 {
-						answered++
-					}
-				}
-				c.Close()
-			}
-			return nil
+			var err error
+			answered, err = testdns.QueryFromPorts(src, base, &net.UDPAddr{IP: net.IPv4(169, 254, 10, 11), Port: 53}, wire, queries)
+			return err
 		})
 		if err != nil {
 			t.Fatalf("querying from the pod: %v", err)

@@ -168,3 +168,27 @@ func Exchange(network, addr, name string, qtype uint16) (*dns.Msg, error) {
 	r, _, err := c.Exchange(m, addr)
 	return r, err
 }
+
+// QueryFromPorts sends query (wire format) to dst n times, each time from a
+// socket of its own bound to src and ports firstPort, firstPort+1, ... (so
+// every query is a new flow for conntrack), and returns how many were
+// answered within a second. It uses the network namespace of the calling
+// OS thread.
+func QueryFromPorts(src net.IP, firstPort int, dst *net.UDPAddr, query []byte, n int) (int, error) {
+	buf := make([]byte, 512)
+	answered := 0
+	for i := 0; i < n; i++ {
+		c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src, Port: firstPort + i}, dst)
+		if err != nil {
+			return answered, err
+		}
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write(query); err == nil {
+			if m, err := c.Read(buf); err == nil && m > 12 {
+				answered++
+			}
+		}
+		c.Close()
+	}
+	return answered, nil
+}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 // TestConntrackThroughBinary sends thousands of queries from a pod, each from
@@ -47,22 +49,9 @@ func TestConntrackThroughBinary(t *testing.T) {
 	send := func(base int) int {
 		answered := 0
 		err := withNS(t, pod, func() error {
-			buf := make([]byte, 512)
-			raddr := &net.UDPAddr{IP: net.ParseIP(clusterListener), Port: 53}
-			for i := range queries {
-				c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(podIP), Port: base + i}, raddr)
-				if err != nil {
-					return err
-				}
-				c.SetDeadline(time.Now().Add(time.Second))
-				if _, err := c.Write(wire); err == nil {
-					if n, err := c.Read(buf); err == nil && n > 12 {
-						answered++
-					}
-				}
-				c.Close()
-			}
-			return nil
+			var err error
+			answered, err = testdns.QueryFromPorts(net.ParseIP(podIP), base, &net.UDPAddr{IP: net.ParseIP(clusterListener), Port: 53}, wire, queries)
+			return err
 		})
 		if err != nil {
 			t.Fatalf("querying from the pod: %v", err)
