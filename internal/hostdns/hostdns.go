@@ -43,6 +43,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -52,6 +53,8 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/localdns/localdns/internal/atomicfile"
 )
 
 // Kinds of resolver configuration, passed to Config.Reload.
@@ -403,32 +406,12 @@ func writeIfDifferent(path string, content []byte) (bool, error) {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return false, fmt.Errorf("hostdns: %w", err)
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return false, fmt.Errorf("hostdns: %w", err)
 	}
 	// The temporary name does not end in .conf: systemd never reads it.
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+	if err := atomicfile.Write(path, 0o644, func(w io.Writer) error { _, err := w.Write(content); return err }); err != nil {
 		return false, fmt.Errorf("hostdns: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(content)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return false, fmt.Errorf("hostdns: write %s: %w", path, err)
 	}
 	return true, nil
 }

@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/localdns/localdns/internal/atomicfile"
 )
 
 // stateFile is the name of the state file under Config.StateDir.
@@ -83,18 +86,7 @@ func saveState(cfg Config, st *state) error {
 	if err != nil {
 		return fmt.Errorf("netsetup: encoding state: %w", err)
 	}
-	tmp, err := os.CreateTemp(cfg.StateDir, stateFile+".*")
-	if err != nil {
-		return fmt.Errorf("netsetup: writing state: %w", err)
-	}
-	_, werr := tmp.Write(append(b, '\n'))
-	cerr := tmp.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("netsetup: writing state: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		os.Remove(tmp.Name())
+	if err := atomicfile.Write(p, 0o600, func(w io.Writer) error { _, err := w.Write(append(b, '\n')); return err }); err != nil {
 		return fmt.Errorf("netsetup: writing state: %w", err)
 	}
 	return nil

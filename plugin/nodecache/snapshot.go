@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/localdns/localdns/internal/atomicfile"
 )
 
 // Snapshot file format, version 1, all integers big-endian:
@@ -141,33 +143,8 @@ func (s *Store) SaveSnapshot(path string) (int, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return 0, fmt.Errorf("snapshot directory: %w", err)
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return 0, fmt.Errorf("snapshot temp file: %w", err)
-	}
-	tmp := f.Name()
-	fail := func(err error) (int, error) {
-		f.Close()
-		os.Remove(tmp)
-		return 0, err
-	}
-	if err := encodeSnapshot(f, entries, s.now()); err != nil {
-		return fail(fmt.Errorf("write snapshot %s: %w", tmp, err))
-	}
-	if err := f.Sync(); err != nil {
-		return fail(fmt.Errorf("fsync snapshot %s: %w", tmp, err))
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return 0, fmt.Errorf("close snapshot %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return 0, fmt.Errorf("rename snapshot into place: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+	if err := atomicfile.Write(path, 0o600, func(w io.Writer) error { return encodeSnapshot(w, entries, s.now()) }); err != nil {
+		return 0, fmt.Errorf("save snapshot: %w", err)
 	}
 	snapshotSaved.Set(float64(len(entries)))
 	snapshotTimestamp.Set(float64(s.now().Unix()))
