@@ -3,9 +3,11 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -192,7 +194,7 @@ func (d *decoder) profile(p *Profile, root any) {
 	outer := make(map[string]any, len(m))
 	var wrapKey string
 	var inner map[string]any
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		if !strings.EqualFold(k, "localDNSProfile") {
 			outer[k] = m[k]
 			continue
@@ -213,7 +215,7 @@ func (d *decoder) profile(p *Profile, root any) {
 		for k := range outer {
 			lowerOuter[strings.ToLower(k)] = true
 		}
-		for _, k := range sortedKeys(inner) {
+		for _, k := range slices.Sorted(maps.Keys(inner)) {
 			if lowerOuter[strings.ToLower(k)] {
 				d.fail(join(wrapKey, k), nil, "set both inside and outside %s", wrapKey)
 				delete(inner, k)
@@ -336,15 +338,6 @@ func rekey(m map[string]Override, from, to string) {
 		delete(m, from)
 		m[to] = o
 	}
-}
-
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // overrides decodes one zone map; canon is the field's canonical name, the

@@ -3,10 +3,12 @@ package config
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -143,7 +145,7 @@ func jsonToYAMLish(t *testing.T, data []byte) string {
 	var b strings.Builder
 	var walk func(m map[string]any, indent string)
 	walk = func(m map[string]any, indent string) {
-		for _, k := range sortedKeys(m) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
 			key := k
 			if k == "." {
 				key = `"."`

@@ -2,8 +2,9 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -106,7 +107,7 @@ func (p *Profile) validate() Problems {
 		if _, ok := overrides["."]; !ok {
 			add(name, "", `must have the root zone "." (where every name not matched by another zone goes)`)
 		}
-		for _, zone := range sortedZones(overrides) {
+		for _, zone := range slices.Sorted(maps.Keys(overrides)) {
 			o := overrides[zone]
 			path := join(name, zone)
 			if IsSubdomain(zone, probeZone) {
@@ -145,14 +146,5 @@ func IsSubdomain(zone, parent string) bool {
 	return zone == parent || strings.HasSuffix(zone, "."+parent)
 }
 
-func sortedZones(m map[string]Override) []string {
-	zones := make([]string, 0, len(m))
-	for z := range m {
-		zones = append(zones, z)
-	}
-	sort.Strings(zones)
-	return zones
-}
-
 // Zones returns the override zones in a stable order.
-func Zones(m map[string]Override) []string { return sortedZones(m) }
+func Zones(m map[string]Override) []string { return slices.Sorted(maps.Keys(m)) }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -147,21 +149,12 @@ func readiness(r Report) (bool, []string) {
 	for _, u := range r.Upstreams {
 		groups[u.Group] = groups[u.Group] || u.Healthy
 	}
-	for _, g := range sortedKeys(groups) {
+	for _, g := range slices.Sorted(maps.Keys(groups)) {
 		if !groups[g] {
 			not = append(not, fmt.Sprintf("upstream group %s: no healthy upstream", g))
 		}
 	}
 	return len(not) == 0, not
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // fillFromMetrics reads the counters the plugins export: the metrics are
