@@ -166,7 +166,7 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	d := &Daemon{opts: opts, log: opts.Logger, source: src, started: time.Now()}
 	p := src.Profile
 	if p != nil {
-		d.net = NetworkConfig(p, netsetup.NewMetrics(tolerantRegisterer{prometheus.DefaultRegisterer}))
+		d.net = NetworkConfig(p, netsetup.NewMetrics(prometheus.DefaultRegisterer))
 		if p.Mode == config.ModeDisabled {
 			return nil, ErrDisabled
 		}
@@ -462,7 +462,7 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 	registerBuildInfo(opts.Version)
-	wdMetrics, err := sdnotify.NewMetrics(tolerantRegisterer{prometheus.DefaultRegisterer})
+	wdMetrics, err := sdnotify.NewMetrics(prometheus.DefaultRegisterer)
 	if err != nil {
 		log.Warn("watchdog metrics", "err", err)
 	}

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +16,7 @@ import (
 	"github.com/localdns/localdns/internal/activation"
 	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/netsetup"
+	"github.com/localdns/localdns/internal/promreg"
 )
 
 // NetworkConfig is what netsetup installs for a profile.
@@ -32,27 +32,6 @@ func NetworkConfig(p *config.Profile, m *netsetup.Metrics) netsetup.Config {
 	}
 }
 
-// tolerantRegisterer registers on DefaultRegisterer and ignores a second
-// registration of the same metrics (several daemons in one test process).
-type tolerantRegisterer struct{ prometheus.Registerer }
-
-func (r tolerantRegisterer) Register(c prometheus.Collector) error {
-	err := r.Registerer.Register(c)
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		return nil
-	}
-	return err
-}
-
-func (r tolerantRegisterer) MustRegister(cs ...prometheus.Collector) {
-	for _, c := range cs {
-		if err := r.Register(c); err != nil {
-			panic(err)
-		}
-	}
-}
-
 // registerBuildInfo exports localdns_build_info{version,coredns_version,goversion} 1.
 func registerBuildInfo(version string) {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
@@ -65,7 +44,9 @@ func registerBuildInfo(version string) {
 		},
 	})
 	g.Set(1)
-	tolerantRegisterer{prometheus.DefaultRegisterer}.MustRegister(g)
+	if _, err := promreg.Register(prometheus.DefaultRegisterer, g); err != nil {
+		slog.Warn("build info metric", "err", err)
+	}
 }
 
 // moduleVersion reads a dependency's version from the build info.

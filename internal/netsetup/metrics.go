@@ -2,7 +2,8 @@ package netsetup
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/localdns/localdns/internal/promreg"
 )
 
 // Values of the "what" label of localdns_reconcile_repairs_total.
@@ -36,20 +37,19 @@ type Metrics struct {
 // NewMetrics registers the counters on reg. CoreDNS's prometheus plugin serves
 // prometheus.DefaultRegisterer, so the daemon passes that; tests pass a fresh
 // prometheus.NewRegistry(). Call it once per registerer: a second call on the
-// same one panics (duplicate registration), as promauto does.
+// same one returns the counters already registered.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
-	f := promauto.With(reg)
 	m := &Metrics{
-		repairs: f.NewCounterVec(prometheus.CounterOpts{
+		repairs: mustRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "localdns",
 			Name:      "reconcile_repairs_total",
 			Help:      "Counter of link, address and rule repairs done by the periodic reconcile.",
-		}, []string{"what"}),
-		errors: f.NewCounterVec(prometheus.CounterOpts{
+		}, []string{"what"})),
+		errors: mustRegister(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "localdns",
 			Name:      "setup_errors_total",
 			Help:      "Counter of failed network setup steps.",
-		}, []string{"step"}),
+		}, []string{"step"})),
 	}
 	// Export zeros so that rate() and absence alerts work from the start.
 	for _, w := range []string{RepairLink, RepairAddress, RepairRules} {
@@ -59,6 +59,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.errors.WithLabelValues(s)
 	}
 	return m
+}
+
+// mustRegister registers c, or returns the collector already registered for
+// it (a second daemon start in the same process); a conflicting metric of
+// the same name is a programming error.
+func mustRegister[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	c, err := promreg.Register(reg, c)
+	if err != nil {
+		panic(err)
+	}
+	return c
 }
 
 // SetupError counts one failure of step.

@@ -2,12 +2,13 @@ package sdnotify
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/localdns/localdns/internal/promreg"
 )
 
 const (
@@ -178,27 +179,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 	}
 	var err error
-	if m.duration, err = register(reg, m.duration); err != nil {
-		return nil, err
+	if m.duration, err = promreg.Register(reg, m.duration); err != nil {
+		return nil, fmt.Errorf("register watchdog metrics: %w", err)
 	}
-	if m.failures, err = register(reg, m.failures); err != nil {
-		return nil, err
+	if m.failures, err = promreg.Register(reg, m.failures); err != nil {
+		return nil, fmt.Errorf("register watchdog metrics: %w", err)
 	}
 	return m, nil
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("register watchdog metrics: %w", err)
 }
 
 func (m *Metrics) observe(r Result) {
