@@ -60,7 +60,10 @@ type Proxy struct {
 	next    atomic.Uint64
 	queries atomic.Uint64
 	dropped atomic.Uint64
-	wg      sync.WaitGroup
+	hold    Histogram
+	sched   *Scheduler
+	// wg tracks the query reader, repliesWG the reply readers.
+	wg, repliesWG sync.WaitGroup
 }
 
 type upstream struct {
@@ -84,17 +87,22 @@ func Start(listen net.PacketConn, to string, sockets int, delay Delay) (*Proxy, 
 		return nil, fmt.Errorf("delay proxy upstream %q: %w", to, err)
 	}
 	p := &Proxy{listen: listen, delay: delay}
+	if p.sched, err = NewScheduler(); err != nil {
+		return nil, fmt.Errorf("delay proxy: %w", err)
+	}
 	for range max(sockets, 1) {
 		c, err := net.DialUDP("udp", nil, raddr)
 		if err != nil {
 			p.closeUpstreams()
+			p.sched.Close()
 			return nil, fmt.Errorf("delay proxy dial %s: %w", to, err)
 		}
 		ForceReadBuffer(c, 8<<20)
 		p.ups = append(p.ups, &upstream{conn: c})
 	}
-	p.wg.Add(1 + len(p.ups))
+	p.wg.Add(1)
 	go p.serve()
+	p.repliesWG.Add(len(p.ups))
 	for _, u := range p.ups {
 		go p.replies(u)
 	}
@@ -107,11 +115,21 @@ func (p *Proxy) Queries() uint64 { return p.queries.Load() }
 // Dropped returns how many queries were dropped (malformed or no free ID).
 func (p *Proxy) Dropped() uint64 { return p.dropped.Load() }
 
+// HoldStats returns the actual hold of the queries passed on so far, from
+// arrival to send.
+func (p *Proxy) HoldStats() HoldStats {
+	st := p.hold.Stats()
+	st.Configured = p.delay.String()
+	return st
+}
+
 // Close stops the proxy and closes its sockets, including listen.
 func (p *Proxy) Close() error {
 	err := p.listen.Close()
+	p.wg.Wait() // the reader is gone: nothing schedules any more
+	p.sched.Close()
 	p.closeUpstreams()
-	p.wg.Wait()
+	p.repliesWG.Wait()
 	return err
 }
 
@@ -126,6 +144,7 @@ func (p *Proxy) serve() {
 	buf := make([]byte, 65535)
 	for {
 		n, client, err := p.listen.ReadFrom(buf)
+		arrived := time.Now()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -145,11 +164,16 @@ func (p *Proxy) serve() {
 		}
 		binary.BigEndian.PutUint16(msg, id)
 		p.queries.Add(1)
-		if d := p.delay.Draw(); d > 0 {
-			time.AfterFunc(d, func() { u.conn.Write(msg) })
-		} else {
+		d := p.delay.Draw()
+		if d <= 0 {
+			p.hold.Record(time.Since(arrived))
 			u.conn.Write(msg)
+			continue
 		}
+		p.sched.At(arrived.Add(d), func() {
+			p.hold.Record(time.Since(arrived))
+			u.conn.Write(msg)
+		})
 	}
 }
 
@@ -181,7 +205,7 @@ func (u *upstream) release(id uint16) (pending, bool) {
 }
 
 func (p *Proxy) replies(u *upstream) {
-	defer p.wg.Done()
+	defer p.repliesWG.Done()
 	buf := make([]byte, 65535)
 	for {
 		n, err := u.conn.Read(buf)

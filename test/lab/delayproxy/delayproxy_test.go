@@ -3,6 +3,7 @@ package delayproxy
 import (
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -69,6 +70,154 @@ func TestProxyDelaysAndRoutesReplies(t *testing.T) {
 	}
 	if p.Queries() != 40 {
 		t.Errorf("proxy passed on %d queries, want 40", p.Queries())
+	}
+	if st := p.HoldStats(); st.Count != 40 || st.P50US < 20000 || st.Configured != "20ms + exp(mean 0s)" {
+		t.Errorf("hold stats %+v, want 40 queries held 20ms or more", st)
+	}
+}
+
+// startProxy starts a proxy on 127.0.0.1 in front of up.
+func startProxy(t *testing.T, up string, d Delay) (*Proxy, string) {
+	t.Helper()
+	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(ln, up, 2, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, ln.LocalAddr().String()
+}
+
+// TestProxyHoldPrecision checks the actual hold of a 1 ms hop: the proxy
+// measures it itself, and the client sees the same.
+func TestProxyHoldPrecision(t *testing.T) {
+	up := echoServer(t)
+	p, addr := startProxy(t, up, Delay{Base: time.Millisecond})
+	c := &dns.Client{Timeout: 2 * time.Second}
+	var rtts Histogram
+	for i := range 300 {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("q%d.example.", i), dns.TypeA)
+		_, rtt, err := c.Exchange(m, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rtt < time.Millisecond {
+			t.Fatalf("answered in %v, before the 1ms hold", rtt)
+		}
+		rtts.Record(rtt)
+	}
+	st := p.HoldStats()
+	t.Logf("hold %s; client rtt p50 %.0fµs p99 %.0fµs", st, rtts.Stats().P50US, rtts.Stats().P99US)
+	if st.Count != 300 {
+		t.Errorf("hold count %d, want 300", st.Count)
+	}
+	if st.P50US < 1000 || st.P50US > 1300 {
+		t.Errorf("p50 hold %.0fµs, want 1000-1300µs", st.P50US)
+	}
+}
+
+func TestProxyZeroDelay(t *testing.T) {
+	up := echoServer(t)
+	p, addr := startProxy(t, up, Delay{})
+	c := &dns.Client{Timeout: 2 * time.Second}
+	for i := range 50 {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("q%d.example.", i), dns.TypeA)
+		r, _, err := c.Exchange(m, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Id != m.Id {
+			t.Fatalf("reply id %d, want %d", r.Id, m.Id)
+		}
+	}
+	st := p.HoldStats()
+	t.Logf("zero delay: %s", st)
+	if st.Count != 50 || st.P50US > 100 {
+		t.Errorf("hold stats %+v, want 50 queries passed on at once (p50 under 100µs)", st)
+	}
+}
+
+// TestProxyKeepsOrder sends a burst from one socket through a 2 ms hop with
+// one upstream socket, and checks that the upstream (one reader, in arrival
+// order) sees it in the order it was sent, with the IDs rewritten, and that
+// the client gets its own ID back on every reply.
+func TestProxyKeepsOrder(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	seen := make(chan []string, 1)
+	ids := map[uint16]bool{}
+	const n = 100
+	go func() {
+		var names []string
+		buf := make([]byte, 512)
+		for range n {
+			k, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			r := new(dns.Msg)
+			if err := r.Unpack(buf[:k]); err != nil {
+				break
+			}
+			names = append(names, r.Question[0].Name)
+			ids[r.Id] = true
+			b, _ := new(dns.Msg).SetReply(r).Pack()
+			pc.WriteTo(b, from)
+		}
+		seen <- names
+	}()
+	ln, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(ln, pc.LocalAddr().String(), 1, Delay{Base: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	conn, err := net.Dial("udp", ln.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var sent []string
+	for i := range n {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("o%d.example.", i), dns.TypeA)
+		m.Id = 7 // the same client ID for all: the proxy must tell them apart
+		b, _ := m.Pack()
+		if _, err := conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, m.Question[0].Name)
+	}
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 512)
+	for range n {
+		k, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("reply: %v", err)
+		}
+		r := new(dns.Msg)
+		if err := r.Unpack(buf[:k]); err != nil || r.Id != 7 {
+			t.Fatalf("reply %v id %d, want id 7 (%v)", r.Question, r.Id, err)
+		}
+	}
+	got := <-seen
+	if !slices.Equal(got, sent) {
+		t.Errorf("upstream order %v, want %v", got, sent)
+	}
+	if len(ids) != n {
+		t.Errorf("upstream saw %d distinct IDs for %d queries: IDs not rewritten", len(ids), n)
 	}
 }
 

@@ -1,6 +1,7 @@
 package extdns
 
 import (
+	"fmt"
 	"net"
 	"net/http/httptest"
 	"strings"
@@ -13,7 +14,11 @@ import (
 )
 
 func TestServer(t *testing.T) {
-	s := &Server{TTL: 60, Delay: delayproxy.Delay{Base: 10 * time.Millisecond}}
+	s, err := New(60, delayproxy.Delay{Base: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -50,8 +55,76 @@ func TestServer(t *testing.T) {
 		t.Errorf("AAAA: %v", r)
 	}
 	rec := httptest.NewRecorder()
-	s.ServeHTTP(rec, nil)
+	s.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if !strings.Contains(rec.Body.String(), "labdns_queries_total 4\n") {
 		t.Errorf("metrics: %s", rec.Body.String())
+	}
+	rec = httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest("GET", "/hold", nil))
+	st, err := delayproxy.ParseHold(rec.Body.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Count != 4 || st.P50US < 10000 || st.MaxUS > 100000 || st.Configured != "10ms + exp(mean 0s)" {
+		t.Errorf("hold: %+v, want 4 queries held 10ms", st)
+	}
+}
+
+// TestServerHoldPrecision checks the actual delay of a 1 ms "Azure DNS".
+func TestServerHoldPrecision(t *testing.T) {
+	s, err := New(60, delayproxy.Delay{Base: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: s}
+	go srv.ActivateAndServe()
+	defer srv.Shutdown()
+	c := &dns.Client{Timeout: time.Second}
+	for i := range 300 {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("api%d.example.com.", i), dns.TypeA)
+		if _, rtt, err := c.Exchange(m, pc.LocalAddr().String()); err != nil || rtt < time.Millisecond {
+			t.Fatalf("query %d: rtt %v, err %v", i, rtt, err)
+		}
+	}
+	st := s.HoldStats()
+	t.Logf("extdns 1ms: %s", st)
+	if st.Count != 300 || st.P50US < 1000 || st.P50US > 1300 {
+		t.Errorf("hold %+v, want 300 queries with p50 1000-1300µs", st)
+	}
+}
+
+// TestServerClose checks that a query held when the server closes is
+// answered instead of stranded.
+func TestServerClose(t *testing.T) {
+	s, err := New(60, delayproxy.Delay{Base: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: s}
+	go srv.ActivateAndServe()
+	defer srv.Shutdown()
+	done := make(chan error, 1)
+	go func() {
+		m := new(dns.Msg)
+		m.SetQuestion("api1.example.com.", dns.TypeA)
+		_, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, pc.LocalAddr().String())
+		done <- err
+	}()
+	for s.Queries() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	s.Close()
+	if err := <-done; err != nil {
+		t.Errorf("held query after Close: %v", err)
 	}
 }

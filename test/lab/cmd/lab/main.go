@@ -89,6 +89,7 @@ func delayProxyCmd(args []string) error {
 	base := fs.Duration("base", time.Millisecond, "fixed delay per query")
 	jitter := fs.Duration("jitter", 0, "mean of the exponential delay added per query")
 	sockets := fs.Int("sockets", 4, "upstream sockets")
+	metrics := fs.String("metrics", "", "address to serve the actual hold on (/hold, JSON); empty: none")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -104,23 +105,37 @@ func delayProxyCmd(args []string) error {
 	if err != nil {
 		return err
 	}
+	if *metrics != "" {
+		mln, err := net.Listen("tcp", *metrics)
+		if err != nil {
+			p.Close()
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/hold", delayproxy.HoldHandler(p.HoldStats))
+		go http.Serve(mln, mux)
+	}
 	waitSignal()
 	p.Close()
-	fmt.Fprintf(os.Stderr, "delayproxy %s: %d queries passed on, %d dropped\n", *listen, p.Queries(), p.Dropped())
+	fmt.Fprintf(os.Stderr, "delayproxy %s: %d queries passed on, %d dropped; %s\n", *listen, p.Queries(), p.Dropped(), p.HoldStats())
 	return nil
 }
 
 func extDNSCmd(args []string) error {
 	fs := flag.NewFlagSet("extdns", flag.ContinueOnError)
 	listen := fs.String("listen", "", "address to serve DNS on (UDP and TCP)")
-	metrics := fs.String("metrics", "127.0.0.1:9100", "address to serve the query counter on")
+	metrics := fs.String("metrics", "127.0.0.1:9100", "address to serve the query counter on (and the actual delay at /hold, JSON)")
 	ttl := fs.Uint("ttl", 60, "TTL of the answers")
 	base := fs.Duration("base", 0, "fixed delay per query")
 	jitter := fs.Duration("jitter", 0, "mean of the exponential delay added per query")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	s := &extdns.Server{TTL: uint32(*ttl), Delay: delayproxy.Delay{Base: *base, Jitter: *jitter}}
+	s, err := extdns.New(uint32(*ttl), delayproxy.Delay{Base: *base, Jitter: *jitter})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
 	pc, err := net.ListenPacket("udp", *listen)
 	if err != nil {
 		return err
@@ -141,7 +156,7 @@ func extDNSCmd(args []string) error {
 	waitSignal()
 	udp.Shutdown()
 	tcp.Shutdown()
-	fmt.Fprintf(os.Stderr, "extdns %s: %d queries\n", *listen, s.Queries())
+	fmt.Fprintf(os.Stderr, "extdns %s: %d queries; %s\n", *listen, s.Queries(), s.HoldStats())
 	return nil
 }
 
