@@ -1,6 +1,10 @@
 // Package perf runs dnsperf and turns its per-query verbose output into the
 // numbers the lab reports: latency percentiles, success rate and losses.
 //
+// dnsperf writes its output to a file that is parsed once dnsperf has
+// exited: reading and parsing 10,000 lines a second while it runs would put
+// the parser on the load side's CPU during the measurement.
+//
 // dnsperf's own summary gives only the mean and the maximum latency; its -v
 // mode prints one line per query ("> NOERROR name A 0.000661", or
 // "> T name A" for a query that timed out), from which the percentiles are
@@ -12,9 +16,11 @@ package perf
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -159,6 +165,7 @@ func (r *Result) Percentile(p float64) time.Duration {
 type Run struct {
 	Netns    string        // network namespace to run in ("" = current)
 	Server   string        // address to query
+	Port     string        // -p; "" for 53
 	Data     string        // data file
 	QPS      int           // -Q
 	Duration time.Duration // -l; 0 with Once
@@ -169,6 +176,9 @@ type Run struct {
 	BufferKB int           // -b: socket buffers, so a briefly starved dnsperf does not drop answers
 	Nice     int           // run under nice(1) with this adjustment (0: not)
 	CPUs     string        // run under taskset(1) on these CPUs ("": anywhere)
+	// Output is the file dnsperf's per-query output goes to (created or
+	// truncated); "" writes it to a temporary file removed after parsing.
+	Output string
 }
 
 // Args returns the command line (ip netns exec ... dnsperf ...).
@@ -185,6 +195,9 @@ func (r Run) Args() []string {
 		args = append(args, "taskset", "-c", r.CPUs)
 	}
 	args = append(args, "dnsperf", "-s", r.Server, "-d", r.Data, "-v")
+	if r.Port != "" {
+		args = append(args, "-p", r.Port)
+	}
 	if r.QPS > 0 {
 		args = append(args, "-Q", strconv.Itoa(r.QPS))
 	}
@@ -211,34 +224,54 @@ func (r Run) Args() []string {
 // Start launches dnsperf; Wait on the returned handle parses its output.
 func (r Run) Start(expect Expect) (*Handle, error) {
 	args := r.Args()
-	cmd := exec.Command(args[0], args[1:]...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, fmt.Errorf("dnsperf: %w", err)
+	var out *os.File
+	var err error
+	if r.Output != "" {
+		out, err = os.Create(r.Output)
+	} else {
+		out, err = os.CreateTemp("", "dnsperf-*.out")
 	}
+	if err != nil {
+		return nil, fmt.Errorf("dnsperf output file: %w", err)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout = out
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
+		out.Close()
 		return nil, fmt.Errorf("start dnsperf: %w", err)
 	}
 	h := &Handle{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
-		h.res, h.err = Parse(out, expect)
-		io.Copy(io.Discard, out)
-		if err := cmd.Wait(); err != nil && h.err == nil {
-			h.err = fmt.Errorf("dnsperf %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		defer out.Close()
+		if r.Output == "" {
+			defer os.Remove(out.Name())
 		}
-		if h.res != nil {
-			h.res.Elapsed = time.Since(start)
-			// nice, ip netns exec and taskset exec: the process is dnsperf.
-			if ps := cmd.ProcessState; ps != nil {
-				h.res.CPU = ps.UserTime() + ps.SystemTime()
-			}
-			if h.res.Sent == 0 && h.err == nil {
-				h.err = fmt.Errorf("dnsperf %s sent nothing: %s", strings.Join(args, " "), strings.TrimSpace(stderr.String()))
-			}
+		werr := cmd.Wait()
+		elapsed := time.Since(start)
+		if werr != nil {
+			h.err = fmt.Errorf("dnsperf %s: %w: %s", strings.Join(args, " "), werr, strings.TrimSpace(stderr.String()))
+		}
+		if _, err := out.Seek(0, io.SeekStart); err != nil {
+			h.err = errors.Join(h.err, fmt.Errorf("dnsperf output: %w", err))
+			return
+		}
+		res, err := Parse(bufio.NewReaderSize(out, 1<<20), expect)
+		if err != nil {
+			h.err = errors.Join(h.err, err)
+			return
+		}
+		h.res = res
+		res.Elapsed = elapsed
+		// nice, ip netns exec and taskset exec: the process is dnsperf.
+		if ps := cmd.ProcessState; ps != nil {
+			res.CPU = ps.UserTime() + ps.SystemTime()
+		}
+		if res.Sent == 0 && h.err == nil {
+			h.err = fmt.Errorf("dnsperf %s sent nothing: %s", strings.Join(args, " "), strings.TrimSpace(stderr.String()))
 		}
 	}()
 	return h, nil

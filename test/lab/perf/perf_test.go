@@ -1,11 +1,17 @@
 package perf
 
 import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 const sample = `DNS Performance Testing Tool
@@ -107,5 +113,39 @@ func TestPercentileSentCountsLost(t *testing.T) {
 	}
 	if got := r.PercentileSent(95, 2*time.Second); got != 2*time.Second {
 		t.Errorf("p95 = %v, want the 2s timeout (lost queries)", got)
+	}
+}
+
+// TestRunAgainstServer runs the real dnsperf against a server the test
+// starts on loopback and checks the parsed counts and the output file.
+func TestRunAgainstServer(t *testing.T) {
+	if _, err := exec.LookPath("dnsperf"); err != nil {
+		t.Skip("dnsperf not installed (apt-get install dnsperf; make test installs it)")
+	}
+	up := testdns.Start(t, "192.0.2.7")
+	host, port, err := net.SplitHostPort(up.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	data := filepath.Join(dir, "queries.txt")
+	if err := os.WriteFile(data, []byte("a.example. A\nb.example. A\nc.example. A\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.txt")
+	run := Run{Server: host, Port: port, Data: data, Once: true, Timeout: 2 * time.Second, Output: out}
+	res, err := RunAll([]Run{run}, func(string) int { return dns.RcodeSuccess })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Sent != 3 || res.Succeeded != 3 || len(res.Latencies) != 3 {
+		t.Fatalf("sent %d succeeded %d latencies %d, want 3 3 3", res.Sent, res.Succeeded, len(res.Latencies))
+	}
+	kept, err := os.ReadFile(out)
+	if err != nil || strings.Count(string(kept), "\n> NOERROR ") != 3 {
+		t.Fatalf("output file %s: %v\n%s", out, err, kept)
+	}
+	if up.Total() != 3 {
+		t.Errorf("server saw %d queries, want 3", up.Total())
 	}
 }

@@ -5,6 +5,8 @@ package report
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/localdns/localdns/test/lab/perf"
@@ -53,6 +55,51 @@ func FromResult(scenario, class, name string, r *perf.Result, timeout time.Durat
 	}
 }
 
+// Plus adds o's server-side counters and CPU times to p's (the rounds of
+// one scenario); the busy shares become averages weighted by phase length.
+func (p Phase) Plus(o Phase) Phase {
+	p.CoreDNS = slices.Clone(p.CoreDNS)
+	for i, v := range o.CoreDNS {
+		if i < len(p.CoreDNS) {
+			p.CoreDNS[i] += v
+		} else {
+			p.CoreDNS = append(p.CoreDNS, v)
+		}
+	}
+	p.External += o.External
+	p.Hits += o.Hits
+	p.Misses += o.Misses
+	p.Stale += o.Stale
+	w1, w2 := p.Elapsed.Seconds(), o.Elapsed.Seconds()
+	avg := func(a, b float64) float64 {
+		if w1+w2 == 0 {
+			return max(a, b)
+		}
+		return (a*w1 + b*w2) / (w1 + w2)
+	}
+	p.MachineBusy = avg(p.MachineBusy, o.MachineBusy)
+	p.LoadCPUBusy = avg(p.LoadCPUBusy, o.LoadCPUBusy)
+	p.ServerCPUBusy = avg(p.ServerCPUBusy, o.ServerCPUBusy)
+	p.EmulationCPU += o.EmulationCPU
+	p.CoreDNSCPU += o.CoreDNSCPU
+	p.LocalDNSCPU += o.LocalDNSCPU
+	p.ClientCPU += o.ClientCPU
+	p.LoadAvg = max(p.LoadAvg, o.LoadAvg)
+	p.Elapsed += o.Elapsed
+	return p
+}
+
+// WithCountersOf returns p (dnsperf's side) with the server-side counters
+// and CPU figures of o.
+func (p Phase) WithCountersOf(o Phase) Phase {
+	p.CoreDNS = slices.Clone(o.CoreDNS)
+	p.External, p.Hits, p.Misses, p.Stale = o.External, o.Hits, o.Misses, o.Stale
+	p.MachineBusy, p.LoadCPUBusy, p.ServerCPUBusy = o.MachineBusy, o.LoadCPUBusy, o.ServerCPUBusy
+	p.EmulationCPU, p.CoreDNSCPU, p.LocalDNSCPU = o.EmulationCPU, o.CoreDNSCPU, o.LocalDNSCPU
+	p.LoadAvg = o.LoadAvg
+	return p
+}
+
 // SuccessRate is the share of queries answered with the expected rcode.
 func (p Phase) SuccessRate() float64 {
 	if p.Sent == 0 {
@@ -84,7 +131,8 @@ type Settings struct {
 	QPS              int
 	Pods             int
 	ClientsPerPod    int
-	PhaseDuration    time.Duration
+	PhaseDuration    time.Duration // each measured phase of a round
+	Rounds           int           // latency rounds
 	ClusterNames     int
 	ExternalNames    int
 	ZipfS            float64
@@ -119,8 +167,11 @@ type Results struct {
 	// spread over the backends (by NSID), proving the DNAT works.
 	ServiceCheck map[string]int
 
-	Centralized map[string]Phase // by class
-	LocalDNS    map[string]Phase // by class
+	Centralized map[string]Phase // by class, the rounds pooled
+	LocalDNS    map[string]Phase // by class, the rounds pooled
+	// Rounds are the latency rounds one by one: in each, both scenarios
+	// were measured back to back per class.
+	Rounds []Round
 	// LocalDNSWarm is localdns's warm-up (every name once), counted with
 	// the measured phases for the share of what localdns forwards.
 	LocalDNSWarm Phase
@@ -133,6 +184,41 @@ type Results struct {
 	// Notes are things that went wrong in a scenario without breaking the
 	// lab (localdns not coming back after a restart).
 	Notes []string
+}
+
+// Round is one latency round: each class measured in both scenarios.
+type Round struct {
+	Centralized map[string]Phase
+	LocalDNS    map[string]Phase
+}
+
+// P99Ratio is how many times lower localdns's p99 was than centralized's
+// for class in this round (0 when not measured).
+func (r Round) P99Ratio(class string) float64 {
+	a, b := r.Centralized[class], r.LocalDNS[class]
+	if a.P99 <= 0 || b.P99 <= 0 {
+		return 0
+	}
+	return float64(a.P99) / float64(b.P99)
+}
+
+// MedianP99Ratio is the median over the rounds of P99Ratio(class), with
+// the ratios in round order.
+func (r *Results) MedianP99Ratio(class string) (median float64, ratios []float64) {
+	for _, rd := range r.Rounds {
+		if x := rd.P99Ratio(class); x > 0 {
+			ratios = append(ratios, x)
+		}
+	}
+	if len(ratios) == 0 {
+		return 0, nil
+	}
+	sorted := slices.Sorted(slices.Values(ratios))
+	n := len(sorted)
+	if n%2 == 1 {
+		return sorted[n/2], ratios
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2, ratios
 }
 
 // Bar is one pass/fail criterion.
@@ -152,11 +238,15 @@ func (r *Results) Bars() []Bar {
 	var bars []Bar
 	for _, c := range Classes {
 		a, b := r.Centralized[c], r.LocalDNS[c]
-		bar := Bar{Name: fmt.Sprintf("p99 latency, %s names (cache hits)", c), Want: "localdns at least 10x below centralized"}
-		if a.P99 > 0 && b.P99 > 0 {
-			ratio := float64(a.P99) / float64(b.P99)
-			bar.Measured, bar.Pass = true, ratio >= 10
-			bar.Got = fmt.Sprintf("%s vs %s: %.1fx", fmtDur(b.P99), fmtDur(a.P99), ratio)
+		bar := Bar{Name: fmt.Sprintf("p99 latency, %s names (cache hits)", c), Want: "localdns at least 10x below centralized (median round)"}
+		if median, ratios := r.MedianP99Ratio(c); median > 0 && a.P99 > 0 && b.P99 > 0 {
+			bar.Measured, bar.Pass = true, median >= 10
+			var each []string
+			for _, x := range ratios {
+				each = append(each, fmt.Sprintf("%.1fx", x))
+			}
+			bar.Got = fmt.Sprintf("median %.1fx (rounds %s); pooled %s vs %s: %.1fx", median, strings.Join(each, ", "),
+				fmtDur(b.P99), fmtDur(a.P99), float64(a.P99)/float64(b.P99))
 		}
 		bars = append(bars, bar)
 	}

@@ -109,6 +109,22 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 			fmt.Fprintf(&b, "> **Caveat:** the load side's CPU was at least 90%% busy in %s: there the client (dnsperf, the emulation) queued too, and that phase's tail includes its queueing, not only the resolver's.\n\n", strings.Join(hot, ", "))
 		}
 	}
+	if len(r.Rounds) > 0 {
+		fmt.Fprintf(&b, "The table pools %d rounds. In each round both scenarios were measured back to back for each class (the order alternating from round to round), "+
+			"so that both met the same machine; the latency bars take the median of the rounds' p99 ratios, so that one round disturbed by other work on the machine does not decide them.\n\n", len(r.Rounds))
+		b.WriteString("| round | names | p99 centralized | p99 localdns | ratio | p50 centralized | p50 localdns | CPU busy: load side / servers (centralized; localdns) |\n|---|---|---|---|---|---|---|---|\n")
+		for i, rd := range r.Rounds {
+			for _, c := range Classes {
+				a, l := rd.Centralized[c], rd.LocalDNS[c]
+				split := "not pinned"
+				if s.Pinned {
+					split = fmt.Sprintf("%.0f%% / %.0f%%; %.0f%% / %.0f%%", 100*a.LoadCPUBusy, 100*a.ServerCPUBusy, 100*l.LoadCPUBusy, 100*l.ServerCPUBusy)
+				}
+				fmt.Fprintf(&b, "| %d | %s | %s | %s | %.1fx | %s | %s | %s |\n", i+1, c, fmtDur(a.P99), fmtDur(l.P99), rd.P99Ratio(c), fmtDur(a.P50), fmtDur(l.P50), split)
+			}
+		}
+		b.WriteString("\n")
+	}
 	for _, c := range charts {
 		fmt.Fprintf(&b, "![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
 	}
@@ -170,12 +186,13 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 		fmt.Fprintf(&b, "- Scheduling: %s.\n", s.NiceGroup)
 	}
 	fmt.Fprintf(&b, "- CPUs: %s.\n", s.Pinning)
-	fmt.Fprintf(&b, "- Load: dnsperf (%s), %d QPS in total from %d client pods (%d sockets each), %v per measured phase; cluster and external names in separate phases.\n",
-		s.DNSPerfVersion, s.QPS, s.Pods, s.ClientsPerPod, s.PhaseDuration)
+	fmt.Fprintf(&b, "- Load: dnsperf (%s), %d QPS in total from %d client pods (%d sockets each), %v per measured phase, %d rounds; cluster and external names in separate phases; "+
+		"dnsperf's per-query output went to a file read after each phase, so the parsing did not take the load side's CPU during it.\n",
+		s.DNSPerfVersion, s.QPS, s.Pods, s.ClientsPerPod, s.PhaseDuration, max(s.Rounds, 1))
 	fmt.Fprintf(&b, "- Names: %d cluster and %d external names, popularity Zipf (s=%.1f), each lookup expanded through the pod's ndots:5 search path "+
 		"(`svc7.ns3` -> `svc7.ns3.default.svc.cluster.local` NXDOMAIN, `svc7.ns3.svc.cluster.local`; `api12.example.com` -> three NXDOMAIN suffixes, then the name). A queries only.\n",
 		s.ClusterNames, s.ExternalNames, s.ZipfS)
-	fmt.Fprintf(&b, "- Warm-up: every name once through the scenario's resolver before its phases, so the phases measure cache-hit traffic (CoreDNS's `cache 30` in A, localdns in B).\n")
+	fmt.Fprintf(&b, "- Warm-up: every name once through each scenario's resolver before the rounds, so the phases measure cache-hit traffic (CoreDNS's `cache 30` in A, localdns in B); localdns ran (idle) through the centralized phases as well.\n")
 	fmt.Fprintf(&b, "- CoreDNS pods: stock CoreDNS (%s), `template` answers for services (TTL %d s as kubeadm's `ttl 30`), NXDOMAIN with SOA for the rest of cluster.local, `forward` to the external resolver, `cache 30`, NSID naming the pod.\n", s.CoreDNSVersion, s.ClusterTTL)
 	fmt.Fprintf(&b, "- Service address: kube-proxy nft-mode rules in the node namespace, `numgen random mod 2` DNAT per new conntrack flow, for pods (prerouting) and the node itself (output).\n")
 	fmt.Fprintf(&b, "- External resolver (\"Azure DNS\"): the lab's miekg/dns server, A answers with TTL %d s.\n", s.ExternalTTL)

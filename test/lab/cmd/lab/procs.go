@@ -29,7 +29,7 @@ type procs struct {
 	list   []*proc
 }
 
-// start runs argv inside netns, on the CPUs cpus ("": anywhere), with its
+// start runs argv inside netns ("": the lab's own namespace), on the CPUs cpus ("": anywhere), with its
 // output in logDir/name.log. `ip netns exec` and taskset exec the command, so
 // the PID is the command's own; its children inherit the CPUs.
 func (ps *procs) start(name, netns, cpus string, argv ...string) (*proc, error) {
@@ -42,7 +42,10 @@ func (ps *procs) start(name, netns, cpus string, argv ...string) (*proc, error) 
 	if cpus != "" {
 		argv = append([]string{"taskset", "-c", cpus}, argv...)
 	}
-	args := topo.In(netns, argv...)
+	args := argv
+	if netns != "" {
+		args = topo.In(netns, argv...)
+	}
 	if ps.nice != 0 {
 		// Linux nice values are per thread: setpriority in this Go process
 		// would not reach children forked from its other threads.

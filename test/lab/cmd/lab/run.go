@@ -25,7 +25,8 @@ import (
 // variant is how long and how hard a lab run measures.
 type variant struct {
 	name        string
-	phase       time.Duration // each measured phase
+	rounds      int           // latency rounds, each measuring both scenarios back to back
+	phase       time.Duration // each measured phase of a round
 	outagePre   time.Duration
 	outage      time.Duration
 	outagePost  time.Duration
@@ -45,7 +46,7 @@ type variant struct {
 
 var variants = map[string]variant{
 	"full": {
-		name: "full", phase: 30 * time.Second,
+		name: "full", rounds: 7, phase: 8 * time.Second,
 		outagePre: 5 * time.Second, outage: 30 * time.Second, outagePost: 5 * time.Second,
 		restartRun: 40 * time.Second, restartAt: []time.Duration{8 * time.Second, 22 * time.Second},
 		lookups: 150000, names: 3000, qps: 10000, clients: 2,
@@ -54,7 +55,7 @@ var variants = map[string]variant{
 		clusterTTL: 30, externalTTL: 60,
 	},
 	"short": {
-		name: "short", phase: 8 * time.Second,
+		name: "short", rounds: 5, phase: 3 * time.Second,
 		outagePre: 3 * time.Second, outage: 30 * time.Second, outagePost: 3 * time.Second,
 		restartRun: 24 * time.Second, restartAt: []time.Duration{4 * time.Second, 12 * time.Second},
 		lookups: 50000, names: 3000, qps: 10000, clients: 2,
@@ -81,6 +82,7 @@ type lab struct {
 	noActivation bool                // localdns binds its own sockets
 	pin          pinning             // which CPUs the load side and the servers run on
 	groupNote    string              // how the lab's autogroup was reniced
+	keep         bool                // keep dnsperf's per-query output in the scratch directory
 }
 
 func runCmd(args []string) error {
@@ -158,7 +160,7 @@ func runCmd(args []string) error {
 		groupNote = note
 		logf("scheduling: %s", note)
 	}
-	l := &lab{groupNote: groupNote, pin: pins, rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct}
+	l := &lab{groupNote: groupNote, pin: pins, rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct, keep: *keep}
 
 	// One lab at a time: a second run would tear down the first's network.
 	lock, err := topo.Lock()
@@ -264,7 +266,7 @@ func (l *lab) run() error {
 	v := l.v
 	l.res = &report.Results{
 		Settings: report.Settings{
-			Variant: v.name, QPS: v.qps, Pods: len(topo.Pods), ClientsPerPod: v.clients, PhaseDuration: v.phase,
+			Variant: v.name, QPS: v.qps, Pods: len(topo.Pods), ClientsPerPod: v.clients, PhaseDuration: v.phase, Rounds: v.rounds,
 			ClusterNames: v.names, ExternalNames: v.names, ZipfS: workload.ZipfS,
 			CoreDNSDelay:   fmt.Sprintf("%v fixed + exponential jitter with mean %v, per query, request path (delay proxy in each CoreDNS pod)", v.hopBase, v.hopJitter),
 			ExternalDelay:  fmt.Sprintf("%v fixed + exponential jitter with mean %v, per query (in the external resolver)", v.extBase, v.extJitter),
@@ -306,21 +308,13 @@ func (l *lab) run() error {
 		return l.startLocalDNS()
 	}
 
-	// Scenario A: pods ask the service address.
+	// Both scenarios' servers run from here on, so that the latency rounds
+	// can alternate between them.
 	logf("scenario A (centralized): warm-up")
 	// Only warms CoreDNS's cache; nothing later depends on every name.
 	if _, err := l.dnsperfWarm(topo.ServiceIP, false); err != nil {
 		return err
 	}
-	for _, c := range report.Classes {
-		p, err := l.measure("centralized", c, topo.ServiceIP)
-		if err != nil {
-			return err
-		}
-		l.res.Centralized[c] = p
-	}
-
-	// Scenario B: pods ask localdns.
 	if err := l.startLocalDNS(); err != nil {
 		return err
 	}
@@ -331,12 +325,9 @@ func (l *lab) run() error {
 		return err
 	}
 	l.res.LocalDNSWarm = l.withCounters(report.FromResult("localdns", "mixed", "warm-up: every name once", warm, 5*time.Second), before, l.counters())
-	for _, c := range report.Classes {
-		p, err := l.measure("localdns", c, topo.ClusterListener)
-		if err != nil {
-			return err
-		}
-		l.res.LocalDNS[c] = p
+
+	if err := l.latencyRounds(); err != nil {
+		return err
 	}
 
 	if err := l.outage(); err != nil {
@@ -649,19 +640,94 @@ func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) [
 	return runs
 }
 
-// measure runs class's workload from every pod against server.
-func (l *lab) measure(scenario, class, server string) (report.Phase, error) {
-	logf("scenario %s: %s names, %v at %d QPS", scenario, class, l.v.phase, l.v.qps)
-	before := l.counters()
-	res, err := perf.RunAll(l.pods(class, server, l.v.phase, phaseTimeout), workload.Expected)
-	if err != nil {
-		return report.Phase{}, err
+// latencyRounds measures both scenarios v.rounds times, back to back per
+// name class and in alternating order, so that both see the same machine:
+// on a shared machine a neighbour's burst then disturbs one round of both
+// scenarios, not one scenario. The report pools the rounds per scenario and
+// judges the latency bars on the rounds' median ratio.
+func (l *lab) latencyRounds() error {
+	type scenario struct{ name, server string }
+	scenarios := []scenario{{"centralized", topo.ServiceIP}, {"localdns", topo.ClusterListener}}
+	pooled := map[string]*pooledPhase{}
+	for r := range l.v.rounds {
+		round := report.Round{Centralized: map[string]report.Phase{}, LocalDNS: map[string]report.Phase{}}
+		order := scenarios
+		if r%2 == 1 {
+			order = []scenario{scenarios[1], scenarios[0]}
+		}
+		for _, c := range report.Classes {
+			for _, sc := range order {
+				label := fmt.Sprintf("%s-%s-round%d", sc.name, c, r+1)
+				p, res, err := l.measure(sc.name, c, sc.server, label)
+				if err != nil {
+					return err
+				}
+				key := sc.name + "/" + c
+				if pooled[key] == nil {
+					pooled[key] = &pooledPhase{res: &perf.Result{Rcodes: map[string]int{}}}
+				}
+				pooled[key].add(p, res)
+				if sc.name == "centralized" {
+					round.Centralized[c] = p
+				} else {
+					round.LocalDNS[c] = p
+				}
+			}
+		}
+		l.res.Rounds = append(l.res.Rounds, round)
 	}
-	l.keepFailures(scenario+"-"+class, res)
+	for _, c := range report.Classes {
+		l.res.Centralized[c] = pooled["centralized/"+c].phase("centralized", c)
+		l.res.LocalDNS[c] = pooled["localdns/"+c].phase("localdns", c)
+	}
+	return nil
+}
+
+// pooledPhase adds up one scenario's and class's phases over the rounds.
+type pooledPhase struct {
+	res    *perf.Result
+	sum    report.Phase
+	rounds int
+}
+
+func (pp *pooledPhase) add(p report.Phase, res *perf.Result) {
+	elapsed := pp.res.Elapsed + res.Elapsed
+	pp.res.Merge(res)
+	pp.res.Elapsed = elapsed // rounds follow each other: their times add up
+	pp.sum = pp.sum.Plus(p)
+	pp.rounds++
+}
+
+func (pp *pooledPhase) phase(scenario, class string) report.Phase {
+	p := report.FromResult(scenario, class, fmt.Sprintf("%s names, %d rounds pooled", class, pp.rounds), pp.res, phaseTimeout)
+	return p.WithCountersOf(pp.sum)
+}
+
+// measure runs class's workload from every pod against server.
+func (l *lab) measure(scenario, class, server, label string) (report.Phase, *perf.Result, error) {
+	logf("scenario %s: %s names, %v at %d QPS (%s)", scenario, class, l.v.phase, l.v.qps, label)
+	before := l.counters()
+	res, err := perf.RunAll(l.outputs(label, l.pods(class, server, l.v.phase, phaseTimeout)), workload.Expected)
+	if err != nil {
+		return report.Phase{}, nil, err
+	}
+	l.keepFailures(label, res)
 	p := l.withCounters(report.FromResult(scenario, class, class+" names", res, phaseTimeout), before, l.counters())
 	logf("  p50 %v p95 %v p99 %v, success %.3f%%, %.0f QPS, lost %d, rcodes %v; CoreDNS %v, external %.0f, hits %.0f, misses %.0f, stale %.0f",
 		p.P50, p.P95, p.P99, 100*p.SuccessRate(), p.QPS(), p.Lost, p.Rcodes, p.CoreDNS, p.External, p.Hits, p.Misses, p.Stale)
-	return p, nil
+	return p, res, nil
+}
+
+// outputs keeps each run's per-query output (with -keep) in a file of the
+// scratch directory named after label and the pod.
+func (l *lab) outputs(label string, runs []perf.Run) []perf.Run {
+	if !l.keep {
+		return runs
+	}
+	for i := range runs {
+		runs[i].Output = filepath.Join(l.dir, fmt.Sprintf("dnsperf-%s-pod%d.out", label, i+1))
+	}
+	return runs
 }
 
 // outage cuts every upstream off for the outage duration in the middle of a
@@ -670,7 +736,7 @@ func (l *lab) outage() error {
 	v := l.v
 	logf("fault: upstreams down for %v under %d QPS", v.outage, v.qps)
 	before := l.counters()
-	runs := l.pods("mixed", topo.ClusterListener, v.outagePre+v.outage+v.outagePost, phaseTimeout)
+	runs := l.outputs("outage", l.pods("mixed", topo.ClusterListener, v.outagePre+v.outage+v.outagePost, phaseTimeout))
 	errc := make(chan error, 1)
 	var res *perf.Result
 	go func() {
@@ -704,7 +770,7 @@ func (l *lab) restarts() error {
 	v := l.v
 	logf("fault: localdns restarted %d times under %d QPS", len(v.restartAt), v.qps)
 	before := l.counters()
-	runs := l.pods("mixed", topo.ClusterListener, v.restartRun, restartTimeout)
+	runs := l.outputs("restarts", l.pods("mixed", topo.ClusterListener, v.restartRun, restartTimeout))
 	errc := make(chan error, 1)
 	var res *perf.Result
 	start := time.Now()
@@ -968,14 +1034,17 @@ func readCPU(label string) cpuTimes {
 	return t
 }
 
-// busySince is the share of the machine's CPU time that was busy since b,
-// the lab's own processes included.
+// busySince is the share of the CPU time that was busy since b, the lab's
+// own processes included.
 func (a cpuTimes) busySince(b cpuTimes) float64 {
 	if a.total <= b.total {
 		return 0
 	}
 	return (a.busy - b.busy) / (a.total - b.total)
 }
+
+// userHZ is the unit of /proc/stat and /proc/PID/stat times (USER_HZ).
+const userHZ = 100
 
 // loadAvg is the machine's 1-minute load average.
 func loadAvg() float64 {
@@ -1005,5 +1074,5 @@ func procCPU(pid int) float64 {
 	}
 	utime, _ := strconv.ParseFloat(f[11], 64)
 	stime, _ := strconv.ParseFloat(f[12], 64)
-	return (utime + stime) / 100 // USER_HZ
+	return (utime + stime) / userHZ
 }
