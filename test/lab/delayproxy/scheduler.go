@@ -1,33 +1,33 @@
 package delayproxy
 
 import (
-	"errors"
 	"fmt"
-	"os"
+	"runtime"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// Scheduler runs callbacks at precise times: one goroutine keeps a min-heap
-// of due times and sleeps on a timerfd armed (absolute, CLOCK_MONOTONIC, no
-// timer slack) for the earliest one.
+// Scheduler runs callbacks at precise times: one goroutine, locked to its
+// OS thread, keeps a min-heap of due times and blocks in read(2) on a
+// timerfd armed (absolute, CLOCK_MONOTONIC) for the earliest one.
 //
-// Go's own timers are not precise enough for a 1 ms hop: an idle runtime
-// sleeps in epoll_pwait with a millisecond timeout, so time.AfterFunc(1ms)
-// fires after 1-2 ms. A timerfd is an hrtimer the kernel fires with
-// microsecond precision, and the scheduler's goroutine waits for it in the
-// runtime's netpoller like any socket: no OS thread is locked and no P is
-// held while it sleeps, and adding an item earlier than the armed one costs
-// one timerfd_settime call, not a wake-up. Due items run their callback on
-// the scheduler's goroutine, so callbacks must be short (a send, closing a
-// channel).
+// Go's own timers are not precise enough for a sub-millisecond to 1 ms hop:
+// an idle runtime sleeps in epoll_pwait, whose timeout is in milliseconds,
+// so time.AfterFunc(250µs) fires after about 1.1 ms and AfterFunc(1ms)
+// after 1.2 ms (p50, measured on the lab machine; see the package doc). A
+// timerfd is an hrtimer the kernel fires with microsecond precision and no
+// timer slack, and the goroutine waits for it in a plain blocking syscall, so
+// it runs again when the timer fires, not when the runtime next polls.
+// Adding an item earlier than the armed one re-arms the timerfd (one
+// timerfd_settime call, no wake-up); the goroutine re-arms it for the next
+// item after each round. Due items run their callback on the scheduler's
+// goroutine, so callbacks must be short (a send, closing a channel).
 type Scheduler struct {
-	timer *os.File
-	fd    int
-	t0    time.Time // paired with m0, CLOCK_MONOTONIC at t0
-	m0    int64
+	fd int
+	t0 time.Time // paired with m0, CLOCK_MONOTONIC at t0
+	m0 int64
 
 	mu     sync.Mutex
 	items  itemHeap
@@ -43,15 +43,15 @@ type item struct {
 
 // NewScheduler starts a scheduler.
 func NewScheduler() (*Scheduler, error) {
-	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("scheduler timerfd: %w", err)
 	}
-	s := &Scheduler{fd: fd, timer: os.NewFile(uintptr(fd), "scheduler-timerfd"), done: make(chan struct{})}
+	s := &Scheduler{fd: fd, done: make(chan struct{})}
 	var ts unix.Timespec
 	s.t0 = time.Now()
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		s.timer.Close()
+		unix.Close(fd)
 		return nil, fmt.Errorf("scheduler clock: %w", err)
 	}
 	s.m0 = ts.Nano()
@@ -106,10 +106,10 @@ func (s *Scheduler) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.arm(1) // long past: wakes the goroutine's read
 	s.mu.Unlock()
-	err := s.timer.Close() // wakes the goroutine's read
 	<-s.done
-	return err
+	return unix.Close(s.fd)
 }
 
 // arm sets the timerfd to fire at due; s.mu held.
@@ -123,6 +123,10 @@ func (s *Scheduler) arm(due int64) {
 }
 
 func (s *Scheduler) run() {
+	// The goroutine blocks in read(2) on its own thread, so it runs again
+	// the moment the timer fires, without waiting for the runtime to poll
+	// the network. The thread is never unlocked and exits with it.
+	runtime.LockOSThread()
 	defer close(s.done)
 	var batch []item
 	buf := make([]byte, 8)
@@ -146,8 +150,7 @@ func (s *Scheduler) run() {
 		if closed {
 			return
 		}
-		if _, err := s.timer.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			// Closed: the next round drains the heap and returns.
+		if _, err := unix.Read(s.fd, buf); err != nil && err != unix.EINTR {
 			s.mu.Lock()
 			s.closed = true
 			s.mu.Unlock()
