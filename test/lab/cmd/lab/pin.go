@@ -51,7 +51,8 @@ func planPinning(enabled bool) pinning {
 	p.loadCPU, p.srvCPU = cpus[0], cpus[1]
 	p.load, p.servers = strconv.Itoa(cpus[0]), strconv.Itoa(cpus[1])
 	p.note = fmt.Sprintf("pinned, both scenarios alike: the load side (dnsperf in the pods, the lab process reading their output, and the emulation: delay proxies and external resolver) on CPU %d; "+
-		"the servers under test (both CoreDNS pods, in scenario B too as the \"other nodes\", and localdns) on CPU %d. "+
+		"the server the pods query on CPU %[2]d: the CoreDNS pods in scenario A, localdns in scenario B. "+
+		"In scenario B the CoreDNS pods are what localdns forwards to, on other nodes in a cluster; they move to CPU %[1]d with the rest of the cluster, so that each scenario's server has CPU %[2]d to itself. "+
 		"On the seed's real nodes the DNS servers do not share CPUs with the load generators or the network", cpus[0], cpus[1])
 	if n := set.Count(); n > 2 {
 		p.note += fmt.Sprintf("; the machine's other %d CPUs were not used by the lab", n-2)
@@ -63,11 +64,17 @@ func planPinning(enabled bool) pinning {
 // creates later are cloned from these and inherit it, and so do the
 // processes the lab starts (taskset overrides it for the servers).
 func pinSelf(cpu int) error {
+	return pinProcess("self", cpu)
+}
+
+// pinProcess moves every thread of process pid ("self" or a number) to
+// cpu; threads it creates later inherit that.
+func pinProcess(pid string, cpu int) error {
 	var set unix.CPUSet
 	set.Set(cpu)
-	tasks, err := os.ReadDir("/proc/self/task")
+	tasks, err := os.ReadDir("/proc/" + pid + "/task")
 	if err != nil {
-		return fmt.Errorf("pin the lab to CPU %d: %w", cpu, err)
+		return fmt.Errorf("pin process %s to CPU %d: %w", pid, cpu, err)
 	}
 	for _, t := range tasks {
 		tid, err := strconv.Atoi(t.Name())
@@ -75,7 +82,7 @@ func pinSelf(cpu int) error {
 			continue
 		}
 		if err := unix.SchedSetaffinity(tid, &set); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("pin the lab's thread %d to CPU %d: %w", tid, cpu, err)
+			return fmt.Errorf("pin thread %d of process %s to CPU %d: %w", tid, pid, cpu, err)
 		}
 	}
 	return nil

@@ -657,6 +657,9 @@ func (l *lab) latencyRounds() error {
 		}
 		for _, c := range report.Classes {
 			for _, sc := range order {
+				if err := l.placeCoreDNS(sc.name); err != nil {
+					return err
+				}
 				label := fmt.Sprintf("%s-%s-round%d", sc.name, c, r+1)
 				p, res, err := l.measure(sc.name, c, sc.server, label)
 				if err != nil {
@@ -676,9 +679,35 @@ func (l *lab) latencyRounds() error {
 		}
 		l.res.Rounds = append(l.res.Rounds, round)
 	}
+	// The fault scenarios are localdns's.
+	if err := l.placeCoreDNS("localdns"); err != nil {
+		return err
+	}
 	for _, c := range report.Classes {
 		l.res.Centralized[c] = pooled["centralized/"+c].phase("centralized", c)
 		l.res.LocalDNS[c] = pooled["localdns/"+c].phase("localdns", c)
+	}
+	return nil
+}
+
+// placeCoreDNS puts the CoreDNS pods on the servers' CPU for the
+// centralized scenario, where they are the servers the pods query, and on
+// the load side's CPU for the localdns scenario, where they are the rest of
+// the cluster localdns forwards to (see planPinning).
+func (l *lab) placeCoreDNS(scenario string) error {
+	if l.pin.load == "" {
+		return nil
+	}
+	cpu := l.pin.srvCPU
+	if scenario == "localdns" {
+		cpu = l.pin.loadCPU
+	}
+	for _, p := range l.procs.list {
+		if strings.HasPrefix(p.name, "coredns-") && !strings.HasSuffix(p.name, "-hop") {
+			if err := pinProcess(strconv.Itoa(p.cmd.Process.Pid), cpu); err != nil {
+				return fmt.Errorf("place CoreDNS pod %s: %w", p.name, err)
+			}
+		}
 	}
 	return nil
 }
