@@ -138,6 +138,8 @@ type Settings struct {
 	ZipfS            float64
 	CoreDNSDelay     string // the emulated hop to a CoreDNS pod
 	ExternalDelay    string // the emulated delay of the external resolver
+	CoreDNSHold      string // what the hops to the CoreDNS pods actually held queries, measured
+	ExternalHold     string // what the external resolver actually held queries, measured
 	ClusterTTL       int
 	ExternalTTL      int
 	OutageDuration   time.Duration

@@ -110,7 +110,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 		}
 	}
 	if len(r.Rounds) > 0 {
-		fmt.Fprintf(&b, "The table pools %d rounds. In each round both scenarios were measured back to back for each class (the order alternating from round to round), "+
+		fmt.Fprintf(&b, "The table pools %d rounds. In each round both scenarios were measured back to back (which one first alternating from round to round), "+
 			"so that both met the same machine; the latency bars take the median of the rounds' p99 ratios, so that one round disturbed by other work on the machine does not decide them.\n\n", len(r.Rounds))
 		b.WriteString("| round | names | p99 centralized | p99 localdns | ratio | p50 centralized | p50 localdns | CPU busy: load side / servers (centralized; localdns) |\n|---|---|---|---|---|---|---|---|\n")
 		for i, rd := range r.Rounds {
@@ -192,11 +192,16 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 	fmt.Fprintf(&b, "- Names: %d cluster and %d external names, popularity Zipf (s=%.1f), each lookup expanded through the pod's ndots:5 search path "+
 		"(`svc7.ns3` -> `svc7.ns3.default.svc.cluster.local` NXDOMAIN, `svc7.ns3.svc.cluster.local`; `api12.example.com` -> three NXDOMAIN suffixes, then the name). A queries only.\n",
 		s.ClusterNames, s.ExternalNames, s.ZipfS)
-	fmt.Fprintf(&b, "- Warm-up: every name once through each scenario's resolver before the rounds, so the phases measure cache-hit traffic (CoreDNS's `cache 30` in A, localdns in B); localdns ran (idle) through the centralized phases as well.\n")
+	fmt.Fprintf(&b, "- Order: warm-up of B (every name once through localdns), the outage and the restarts (B), then the latency rounds. "+
+		"In each round, before a scenario's two phases, every name once more through its resolver (at the pods' rate, not measured), so that the phases are cache-hit traffic: what expired (TTL 30 s) since the last pass is fetched again before they start. "+
+		"What a cache does when entries expire under load is measured in the outage and restart runs. localdns ran, idle, through the centralized phases.\n")
 	fmt.Fprintf(&b, "- CoreDNS pods: stock CoreDNS (%s), `template` answers for services (TTL %d s as kubeadm's `ttl 30`), NXDOMAIN with SOA for the rest of cluster.local, `forward` to the external resolver, `cache 30`, NSID naming the pod.\n", s.CoreDNSVersion, s.ClusterTTL)
 	fmt.Fprintf(&b, "- Service address: kube-proxy nft-mode rules in the node namespace, `numgen random mod 2` DNAT per new conntrack flow, for pods (prerouting) and the node itself (output).\n")
 	fmt.Fprintf(&b, "- External resolver (\"Azure DNS\"): the lab's miekg/dns server, A answers with TTL %d s.\n", s.ExternalTTL)
 	fmt.Fprintf(&b, "- **Emulated** (the kernel has no netem): the hop to a CoreDNS pod, %s; the external resolver's own latency, %s. Everything beyond these is real: CoreDNS's processing, conntrack/DNAT, veths, and the CPU each server gets (one CPU for the servers under test when pinned).\n", s.CoreDNSDelay, s.ExternalDelay)
+	if s.CoreDNSHold != "" {
+		fmt.Fprintf(&b, "- Measured hold of the emulation over the whole run (from a query's arrival to its release, so what the model actually added, timer precision and load included): hops to the CoreDNS pods, %s; external resolver, %s.\n", s.CoreDNSHold, s.ExternalHold)
+	}
 	fmt.Fprintf(&b, "- localdns: %s, the AKS default profile with the lab's service address and external resolver (`localdns.yaml` in the lab's scratch directory), managing the node namespace's network itself (listener addresses on lo, as the kernel has no dummy links; nftables conntrack bypass).\n", s.LocalDNSVersion)
 	return b.String()
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/localdns/localdns/test/lab/delayproxy"
 	"github.com/localdns/localdns/test/lab/perf"
 	"github.com/localdns/localdns/test/lab/report"
 	"github.com/localdns/localdns/test/lab/sockact"
@@ -46,7 +47,7 @@ type variant struct {
 
 var variants = map[string]variant{
 	"full": {
-		name: "full", rounds: 7, phase: 8 * time.Second,
+		name: "full", rounds: 9, phase: 10 * time.Second,
 		outagePre: 5 * time.Second, outage: 30 * time.Second, outagePost: 5 * time.Second,
 		restartRun: 40 * time.Second, restartAt: []time.Duration{8 * time.Second, 22 * time.Second},
 		lookups: 150000, names: 3000, qps: 10000, clients: 2,
@@ -55,9 +56,9 @@ var variants = map[string]variant{
 		clusterTTL: 30, externalTTL: 60,
 	},
 	"short": {
-		name: "short", rounds: 5, phase: 3 * time.Second,
-		outagePre: 3 * time.Second, outage: 30 * time.Second, outagePost: 3 * time.Second,
-		restartRun: 24 * time.Second, restartAt: []time.Duration{4 * time.Second, 12 * time.Second},
+		name: "short", rounds: 6, phase: 2500 * time.Millisecond,
+		outagePre: 2 * time.Second, outage: 30 * time.Second, outagePost: 2 * time.Second,
+		restartRun: 18 * time.Second, restartAt: []time.Duration{4 * time.Second, 10 * time.Second},
 		lookups: 50000, names: 3000, qps: 10000, clients: 2,
 		hopBase: time.Millisecond, hopJitter: 250 * time.Microsecond,
 		extBase: 2 * time.Millisecond, extJitter: 500 * time.Microsecond,
@@ -310,11 +311,6 @@ func (l *lab) run() error {
 
 	// Both scenarios' servers run from here on, so that the latency rounds
 	// can alternate between them.
-	logf("scenario A (centralized): warm-up")
-	// Only warms CoreDNS's cache; nothing later depends on every name.
-	if _, err := l.dnsperfWarm(topo.ServiceIP, false); err != nil {
-		return err
-	}
 	if err := l.startLocalDNS(); err != nil {
 		return err
 	}
@@ -326,16 +322,24 @@ func (l *lab) run() error {
 	}
 	l.res.LocalDNSWarm = l.withCounters(report.FromResult("localdns", "mixed", "warm-up: every name once", warm, 5*time.Second), before, l.counters())
 
-	if err := l.latencyRounds(); err != nil {
+	// The faults come before the latency rounds: they keep localdns under
+	// load for a minute, so that by the rounds its entries have been
+	// refreshed at times spread the way traffic spreads them, not all at
+	// the instant of the warm-up.
+	if err := l.placeCoreDNS("localdns"); err != nil {
 		return err
 	}
-
 	if err := l.outage(); err != nil {
 		return err
 	}
 	if err := l.restarts(); err != nil {
 		return err
 	}
+	if err := l.latencyRounds(); err != nil {
+		return err
+	}
+	hop, ext := l.holds()
+	l.res.Settings.CoreDNSHold, l.res.Settings.ExternalHold = hop.String(), ext.String()
 	l.res.Settings.Took = time.Since(start).Round(time.Second)
 	return nil
 }
@@ -409,7 +413,8 @@ func (l *lab) startServers() error {
 			return err
 		}
 		if _, err := l.procs.start(name+"-hop", p.Netns, l.pin.load, l.self, "delayproxy",
-			"-listen", p.Addr+":53", "-to", "127.0.0.1:1053", "-base", v.hopBase.String(), "-jitter", v.hopJitter.String()); err != nil {
+			"-listen", p.Addr+":53", "-to", "127.0.0.1:1053", "-base", v.hopBase.String(), "-jitter", v.hopJitter.String(),
+			"-metrics", hopMetrics); err != nil {
 			return err
 		}
 	}
@@ -450,6 +455,42 @@ func (l *lab) startServers() error {
 	}
 	logf("servers up; service address spread over 40 flows: %v", l.res.ServiceCheck)
 	return nil
+}
+
+// hopMetrics is where each delay proxy serves its measured hold (/hold),
+// inside its CoreDNS pod's namespace.
+const hopMetrics = "127.0.0.1:9101"
+
+// holds reads how long the emulation actually held the queries so far: the
+// hops to the CoreDNS pods (all together, weighted by their counts) and the
+// external resolver.
+func (l *lab) holds() (hop, ext delayproxy.HoldStats) {
+	var n float64
+	for i, p := range topo.CoreDNSPods {
+		body, err := fetchIn(p.Netns, hopMetrics, "/hold")
+		if err != nil {
+			logf("hold of %s's hop: %v", l.res.Backends[i], err)
+			continue
+		}
+		st, err := delayproxy.ParseHold([]byte(body))
+		if err != nil || st.Count == 0 {
+			continue
+		}
+		// Two proxies with the same model: count-weighted mean, and the
+		// larger of the percentiles and maxima (an upper bound).
+		w := float64(st.Count)
+		hop.MeanUS = (hop.MeanUS*n + st.MeanUS*w) / (n + w)
+		n += w
+		hop.Count += st.Count
+		hop.P50US, hop.P99US, hop.MaxUS = max(hop.P50US, st.P50US), max(hop.P99US, st.P99US), max(hop.MaxUS, st.MaxUS)
+		hop.Configured = st.Configured
+	}
+	if body, err := fetchIn(topo.AzureDNS, "127.0.0.1:9100", "/hold"); err != nil {
+		logf("hold of the external resolver: %v", err)
+	} else if st, err := delayproxy.ParseHold([]byte(body)); err == nil {
+		ext = st
+	}
+	return hop, ext
 }
 
 // coreDNSCorefile is a central CoreDNS pod: cluster.local answered the way
@@ -589,7 +630,12 @@ func waitFor(timeout time.Duration, f func() error) error {
 // every name having been seen, and a miss storm on a loaded machine can lose
 // a few.
 func (l *lab) dnsperfWarm(server string, complete bool) (*perf.Result, error) {
-	run := perf.Run{Netns: topo.Pod1, Server: server, Data: l.data["warm"][0], Once: true, QPS: warmQPS,
+	return l.dnsperfPass(server, "warm", warmQPS, complete)
+}
+
+// dnsperfPass is dnsperfWarm on the data file key at qps.
+func (l *lab) dnsperfPass(server, key string, qps int, complete bool) (*perf.Result, error) {
+	run := perf.Run{Netns: topo.Pod1, Server: server, Data: l.data[key][0], Once: true, QPS: qps,
 		Clients: l.v.clients, Outstand: 500, Timeout: 5 * time.Second, BufferKB: dnsperfBufferKB, Nice: l.nice, CPUs: l.pin.load}
 	total := &perf.Result{}
 	for pass := 1; ; pass++ {
@@ -630,6 +676,11 @@ const dnsperfBufferKB = 4096
 // goes to CoreDNS and possibly on to the external resolver.
 const warmQPS = 3000
 
+// rewarmQPS is the rate of the pass before each latency phase (the pods'
+// rate): most of its queries are hits, the rest fetch again what expired
+// since the last pass.
+const rewarmQPS = 10000
+
 // pods returns one dnsperf run per pod on the data files of key.
 func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) []perf.Run {
 	var runs []perf.Run
@@ -640,8 +691,8 @@ func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) [
 	return runs
 }
 
-// latencyRounds measures both scenarios v.rounds times, back to back per
-// name class and in alternating order, so that both see the same machine:
+// latencyRounds measures both scenarios v.rounds times, back to back and
+// in alternating order, so that both see the same machine:
 // on a shared machine a neighbour's burst then disturbs one round of both
 // scenarios, not one scenario. The report pools the rounds per scenario and
 // judges the latency bars on the rounds' median ratio.
@@ -655,11 +706,17 @@ func (l *lab) latencyRounds() error {
 		if r%2 == 1 {
 			order = []scenario{scenarios[1], scenarios[0]}
 		}
-		for _, c := range report.Classes {
-			for _, sc := range order {
-				if err := l.placeCoreDNS(sc.name); err != nil {
-					return err
-				}
+		for _, sc := range order {
+			if err := l.placeCoreDNS(sc.name); err != nil {
+				return err
+			}
+			// Cache-hit traffic: every name once through the scenario's
+			// resolver right before its phases, so that what expired (TTL
+			// 30 s) since the last pass is fetched again first.
+			if _, err := l.dnsperfPass(sc.server, "warm", rewarmQPS, false); err != nil {
+				return err
+			}
+			for _, c := range report.Classes {
 				label := fmt.Sprintf("%s-%s-round%d", sc.name, c, r+1)
 				p, res, err := l.measure(sc.name, c, sc.server, label)
 				if err != nil {
@@ -678,10 +735,6 @@ func (l *lab) latencyRounds() error {
 			}
 		}
 		l.res.Rounds = append(l.res.Rounds, round)
-	}
-	// The fault scenarios are localdns's.
-	if err := l.placeCoreDNS("localdns"); err != nil {
-		return err
 	}
 	for _, c := range report.Classes {
 		l.res.Centralized[c] = pooled["centralized/"+c].phase("centralized", c)
