@@ -142,3 +142,30 @@ func TestWrite(t *testing.T) {
 		}
 	}
 }
+
+func TestAdvisoryLatencyBars(t *testing.T) {
+	r := sample()
+	p := r.Rounds[0].LocalDNS["cluster"]
+	p.P99 = 20 * time.Millisecond // 1x in two rounds of three: the median fails
+	r.Rounds[0].LocalDNS["cluster"] = p
+	r.Rounds[2].LocalDNS["cluster"] = p
+	if Passed(r.Bars()) {
+		t.Fatal("missed latency bar passed while enforced")
+	}
+	r.Settings.LatencyAdvisory = true
+	bars := r.Bars()
+	if !Passed(bars) {
+		t.Fatal("missed advisory latency bar failed the run")
+	}
+	if b := byName(bars)["p99 latency, cluster names (cache hits)"]; b.Pass || !b.Advisory {
+		t.Errorf("bar %+v: want missed and advisory", b)
+	}
+	r.Outage.Succeeded--
+	if Passed(r.Bars()) {
+		t.Error("an enforced bar missed, yet the run passed")
+	}
+	md := Markdown(r, bars, nil)
+	if !strings.Contains(md, "missed (advisory)") {
+		t.Error("report does not mark the advisory miss")
+	}
+}

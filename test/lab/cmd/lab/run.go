@@ -47,7 +47,7 @@ type variant struct {
 
 var variants = map[string]variant{
 	"full": {
-		name: "full", rounds: 9, phase: 10 * time.Second,
+		name: "full", rounds: 7, phase: 10 * time.Second,
 		outagePre: 5 * time.Second, outage: 30 * time.Second, outagePost: 5 * time.Second,
 		restartRun: 40 * time.Second, restartAt: []time.Duration{8 * time.Second, 22 * time.Second},
 		lookups: 150000, names: 3000, qps: 10000, clients: 2,
@@ -68,22 +68,23 @@ var variants = map[string]variant{
 
 // lab is one run's state.
 type lab struct {
-	v            variant
-	self         string // this binary
-	bin          string // directory with localdns and coredns-stock
-	dir          string // scratch directory
-	procs        *procs
-	localdn      *proc
-	res          *report.Results
-	data         map[string][]string // data files per purpose, one per pod
-	upOnly       bool                // stop after starting everything (lab up)
-	rcvbuf       int                 // ReceiveBuffer= of the socket unit the harness mimics
-	quietWait    time.Duration       // how long to wait for a quiet machine
-	nice         int                 // nice(1) adjustment of every process the lab starts
-	noActivation bool                // localdns binds its own sockets
-	pin          pinning             // which CPUs the load side and the servers run on
-	groupNote    string              // how the lab's autogroup was reniced
-	keep         bool                // keep dnsperf's per-query output in the scratch directory
+	v              variant
+	self           string // this binary
+	bin            string // directory with localdns and coredns-stock
+	dir            string // scratch directory
+	procs          *procs
+	localdn        *proc
+	res            *report.Results
+	data           map[string][]string // data files per purpose, one per pod
+	upOnly         bool                // stop after starting everything (lab up)
+	rcvbuf         int                 // ReceiveBuffer= of the socket unit the harness mimics
+	quietWait      time.Duration       // how long to wait for a quiet machine
+	nice           int                 // nice(1) adjustment of every process the lab starts
+	noActivation   bool                // localdns binds its own sockets
+	pin            pinning             // which CPUs the load side and the servers run on
+	groupNote      string              // how the lab's autogroup was reniced
+	keep           bool                // keep dnsperf's per-query output in the scratch directory
+	enforceLatency bool                // the latency bars decide the run
 }
 
 func runCmd(args []string) error {
@@ -100,6 +101,7 @@ func runCmd(args []string) error {
 	noAct := fs.Bool("no-activation", false, "run localdns on sockets it binds itself (no socket activation), for comparison")
 	quietWait := fs.Duration("quiet-wait", 0, "before starting, wait up to this long for the machine to be less than 30% busy (a shared machine)")
 	pin := fs.Bool("pin", true, "pin the load side (dnsperf, emulation, the lab) to one CPU and the servers under test to another, both scenarios alike (needs 2 CPUs)")
+	enforceLatency := fs.Bool("enforce-latency", true, "fail the run when a p99 latency bar is missed; false shows them as advisory (CI on a small shared machine, where the tail measures the neighbours: see README.md)")
 	up := fs.Bool("up", false, "only build the lab and start every server, then wait for SIGINT (for poking around)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -161,7 +163,7 @@ func runCmd(args []string) error {
 		groupNote = note
 		logf("scheduling: %s", note)
 	}
-	l := &lab{groupNote: groupNote, pin: pins, rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct, keep: *keep}
+	l := &lab{groupNote: groupNote, pin: pins, rcvbuf: rcvbuf, v: v, self: self, bin: binDir, dir: dir, procs: &procs{logDir: dir, nice: *nice}, nice: *nice, data: map[string][]string{}, upOnly: *up, quietWait: *quietWait, noActivation: *noAct, enforceLatency: *enforceLatency, keep: *keep}
 
 	// One lab at a time: a second run would tear down the first's network.
 	lock, err := topo.Lock()
@@ -227,6 +229,9 @@ func runCmd(args []string) error {
 		if !b.Pass {
 			status = "FAIL"
 		}
+		if b.Advisory {
+			status += " (advisory)"
+		}
 		fmt.Printf("%s  %-45s %s (want %s)\n", status, b.Name, b.Got, b.Want)
 	}
 	if !report.Passed(bars) {
@@ -284,6 +289,7 @@ func (l *lab) run() error {
 			NiceGroup:       l.groupNote,
 			Pinning:         l.pin.note,
 			Pinned:          l.pin.load != "",
+			LatencyAdvisory: !l.enforceLatency,
 		},
 		Centralized: map[string]report.Phase{},
 		LocalDNS:    map[string]report.Phase{},
