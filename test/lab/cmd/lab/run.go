@@ -47,7 +47,7 @@ type variant struct {
 
 var variants = map[string]variant{
 	"full": {
-		name: "full", rounds: 7, phase: 10 * time.Second,
+		name: "full", rounds: 11, phase: 4 * time.Second,
 		outagePre: 5 * time.Second, outage: 30 * time.Second, outagePost: 5 * time.Second,
 		restartRun: 40 * time.Second, restartAt: []time.Duration{8 * time.Second, 22 * time.Second},
 		lookups: 150000, names: 3000, qps: 10000, clients: 2,
