@@ -32,6 +32,7 @@ type Phase struct {
 	Stale    float64   // stale answers localdns served
 
 	MachineBusy  float64 // share of the machine's CPU busy during the phase (lab included)
+	Steal        float64 // share of the machine's CPU time the hypervisor took (steal; counted in MachineBusy)
 	EmulationCPU float64 // CPU seconds the emulation (delay proxies, external resolver) used
 	CoreDNSCPU   float64 // CPU seconds both CoreDNS pods used
 	LocalDNSCPU  float64 // CPU seconds localdns used
@@ -78,6 +79,7 @@ func (p Phase) Plus(o Phase) Phase {
 		return (a*w1 + b*w2) / (w1 + w2)
 	}
 	p.MachineBusy = avg(p.MachineBusy, o.MachineBusy)
+	p.Steal = avg(p.Steal, o.Steal)
 	p.LoadCPUBusy = avg(p.LoadCPUBusy, o.LoadCPUBusy)
 	p.ServerCPUBusy = avg(p.ServerCPUBusy, o.ServerCPUBusy)
 	p.EmulationCPU += o.EmulationCPU

@@ -119,7 +119,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 	if len(r.Rounds) > 0 {
 		fmt.Fprintf(&b, "The table pools %d rounds. In each round both scenarios were measured back to back (which one first alternating from round to round), "+
 			"so that both met the same machine; the latency bars take the median of the rounds' p99 ratios, so that one round disturbed by other work on the machine does not decide them.\n\n", len(r.Rounds))
-		b.WriteString("| round | names | p99 centralized | p99 localdns | ratio | p50 centralized | p50 localdns | CPU busy: load side / servers (centralized; localdns) |\n|---|---|---|---|---|---|---|---|\n")
+		b.WriteString("| round | names | p99 centralized | p99 localdns | ratio | p50 centralized | p50 localdns | CPU busy: load side / servers (centralized; localdns) | stolen by the hypervisor (centralized; localdns) |\n|---|---|---|---|---|---|---|---|---|\n")
 		for i, rd := range r.Rounds {
 			for _, c := range Classes {
 				a, l := rd.Centralized[c], rd.LocalDNS[c]
@@ -127,7 +127,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 				if s.Pinned {
 					split = fmt.Sprintf("%.0f%% / %.0f%%; %.0f%% / %.0f%%", 100*a.LoadCPUBusy, 100*a.ServerCPUBusy, 100*l.LoadCPUBusy, 100*l.ServerCPUBusy)
 				}
-				fmt.Fprintf(&b, "| %d | %s | %s | %s | %.1fx | %s | %s | %s |\n", i+1, c, fmtDur(a.P99), fmtDur(l.P99), rd.P99Ratio(c), fmtDur(a.P50), fmtDur(l.P50), split)
+				fmt.Fprintf(&b, "| %d | %s | %s | %s | %.1fx | %s | %s | %s | %.1f%%; %.1f%% |\n", i+1, c, fmtDur(a.P99), fmtDur(l.P99), rd.P99Ratio(c), fmtDur(a.P50), fmtDur(l.P50), split, 100*a.Steal, 100*l.Steal)
 			}
 		}
 		b.WriteString("\n")

@@ -1018,6 +1018,7 @@ func (l *lab) withCounters(p report.Phase, before, after counters) report.Phase 
 	p.Misses = after.misses - before.misses
 	p.Stale = after.stale - before.stale
 	p.MachineBusy = after.cpu.busySince(before.cpu)
+	p.Steal = after.cpu.stealSince(before.cpu)
 	p.LoadCPUBusy = after.loadCPU.busySince(before.loadCPU)
 	p.ServerCPUBusy = after.srvCPU.busySince(before.srvCPU)
 	p.EmulationCPU = after.emuCPU - before.emuCPU
@@ -1088,8 +1089,9 @@ func kernel() string {
 	return "Linux " + strings.TrimSpace(string(out))
 }
 
-// cpuTimes are cumulative CPU times from /proc/stat.
-type cpuTimes struct{ busy, total float64 }
+// cpuTimes are cumulative CPU times from /proc/stat; steal is the time the
+// hypervisor ran something else while the VM wanted the CPU.
+type cpuTimes struct{ busy, total, steal float64 }
 
 // readCPU reads the /proc/stat line of label: "cpu" for the whole machine,
 // "cpuN" for CPU N.
@@ -1118,6 +1120,9 @@ func readCPU(label string) cpuTimes {
 		if i != 3 && i != 4 {
 			t.busy += x
 		}
+		if i == 7 {
+			t.steal += x
+		}
 	}
 	return t
 }
@@ -1133,6 +1138,15 @@ func (a cpuTimes) busySince(b cpuTimes) float64 {
 
 // userHZ is the unit of /proc/stat and /proc/PID/stat times (USER_HZ).
 const userHZ = 100
+
+// stealSince is the share of the CPU time since b that the hypervisor
+// stole (it counts in busySince too).
+func (a cpuTimes) stealSince(b cpuTimes) float64 {
+	if a.total <= b.total {
+		return 0
+	}
+	return (a.steal - b.steal) / (a.total - b.total)
+}
 
 // loadAvg is the machine's 1-minute load average.
 func loadAvg() float64 {

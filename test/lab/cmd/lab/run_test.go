@@ -76,3 +76,21 @@ func TestPlanPinning(t *testing.T) {
 		t.Errorf("no /proc/stat line for cpu%s", p.servers)
 	}
 }
+
+func TestCPUTimesShares(t *testing.T) {
+	before := cpuTimes{busy: 100, total: 1000, steal: 10}
+	after := cpuTimes{busy: 400, total: 2000, steal: 60}
+	if got := after.busySince(before); got != 0.3 {
+		t.Errorf("busy %v, want 0.3", got)
+	}
+	if got := after.stealSince(before); got != 0.05 {
+		t.Errorf("steal %v, want 0.05", got)
+	}
+	if got := before.stealSince(after); got != 0 {
+		t.Errorf("steal going backwards %v, want 0", got)
+	}
+	// The machine's own /proc/stat parses, steal within total.
+	if c := readCPU("cpu"); c.total <= 0 || c.steal < 0 || c.steal > c.total {
+		t.Errorf("readCPU(cpu) = %+v", c)
+	}
+}
