@@ -1,113 +1,22 @@
 package node
 
 import (
-	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/localdns/localdns/internal/testnotify"
 )
 
-// notification is one datagram localdns sent to NOTIFY_SOCKET.
-type notification struct {
-	at    time.Time
-	lines []string
-}
-
-func (n notification) has(line string) bool { return slices.Contains(n.lines, line) }
-
-// notifySocket is the test's stand-in for systemd's notification socket.
-type notifySocket struct {
-	path string
-	ch   chan notification
-}
-
-func openNotifySocket(t *testing.T) *notifySocket {
-	t.Helper()
-	// A short path: sun_path holds 108 bytes, t.TempDir() can be longer.
-	dir, err := os.MkdirTemp("", "ldnotify")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &notifySocket{path: filepath.Join(dir, "notify"), ch: make(chan notification, 4096)}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				close(s.ch)
-				return
-			}
-			s.ch <- notification{at: time.Now(), lines: strings.Split(strings.TrimSpace(string(buf[:n])), "\n")}
-		}
-	}()
-	return s
-}
-
-// collect returns every notification that arrives within d.
-func (s *notifySocket) collect(d time.Duration) []notification {
-	var out []notification
-	timeout := time.After(d)
-	for {
-		select {
-		case n, ok := <-s.ch:
-			if !ok {
-				return out
-			}
-			out = append(out, n)
-		case <-timeout:
-			return out
-		}
-	}
-}
-
-// next waits up to d for a notification carrying line and returns it and
-// the ones before it.
-func (s *notifySocket) next(line string, d time.Duration) (notification, []notification, bool) {
-	var before []notification
-	timeout := time.After(d)
-	for {
-		select {
-		case n, ok := <-s.ch:
-			if !ok {
-				return notification{}, before, false
-			}
-			if n.has(line) {
-				return n, before, true
-			}
-			before = append(before, n)
-		case <-timeout:
-			return notification{}, before, false
-		}
-	}
-}
-
-func count(ns []notification, line string) int {
-	c := 0
-	for _, n := range ns {
-		if n.has(line) {
-			c++
-		}
-	}
-	return c
-}
-
 // intervals summarises the gaps between consecutive pings.
-func intervals(ns []notification) (lo, avg, hi time.Duration) {
+func intervals(ns []testnotify.Notification) (lo, avg, hi time.Duration) {
 	var at []time.Time
 	for _, n := range ns {
-		if n.has("WATCHDOG=1") {
-			at = append(at, n.at)
+		if n.Has("WATCHDOG=1") {
+			at = append(at, n.At)
 		}
 	}
 	if len(at) < 2 {
@@ -138,11 +47,11 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 	node := newNS(t, "node")
 	up := startUpstreams(t, node)
 	cfg := newProfile(t, up).write(t)
-	sock := openNotifySocket(t)
+	sock := testnotify.Listen(t)
 
-	d := startRun(t, node, cfg, runOpts{env: []string{"NOTIFY_SOCKET=" + sock.path, "WATCHDOG_USEC=" + strconv.FormatInt(watchdog.Microseconds(), 10)}})
+	d := startRun(t, node, cfg, runOpts{env: []string{"NOTIFY_SOCKET=" + sock.Path, "WATCHDOG_USEC=" + strconv.FormatInt(watchdog.Microseconds(), 10)}})
 	started := time.Now()
-	ready, before, ok := sock.next("READY=1", 15*time.Second)
+	ready, before, ok := sock.Next("READY=1", 15*time.Second)
 	if !ok {
 		t.Fatalf("no READY=1 within 15s (got %v); log:\n%s", before, d.Log())
 	}
@@ -157,15 +66,15 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 	if !hasTable(t, node) {
 		t.Errorf("READY=1 sent before the conntrack bypass table was installed")
 	}
-	if n := count(before, "WATCHDOG=1"); n != 0 {
+	if n := testnotify.Count(before, "WATCHDOG=1"); n != 0 {
 		t.Errorf("%d WATCHDOG=1 before READY=1", n)
 	}
-	t.Logf("READY=1 %s after start: %q", ready.at.Sub(started).Round(time.Millisecond), ready.lines)
+	t.Logf("READY=1 %s after start: %q", ready.At.Sub(started).Round(time.Millisecond), ready.Lines)
 
-	healthy := sock.collect(window)
+	healthy := sock.Collect(window)
 	lo, avg, hi := intervals(healthy)
-	t.Logf("healthy: %d WATCHDOG=1 in %s, interval min %s avg %s max %s (WATCHDOG_USEC %s)", count(healthy, "WATCHDOG=1"), window, lo.Round(time.Millisecond), avg.Round(time.Millisecond), hi.Round(time.Millisecond), watchdog)
-	if n := count(healthy, "WATCHDOG=1"); n < expect*6/10 {
+	t.Logf("healthy: %d WATCHDOG=1 in %s, interval min %s avg %s max %s (WATCHDOG_USEC %s)", testnotify.Count(healthy, "WATCHDOG=1"), window, lo.Round(time.Millisecond), avg.Round(time.Millisecond), hi.Round(time.Millisecond), watchdog)
+	if n := testnotify.Count(healthy, "WATCHDOG=1"); n < expect*6/10 {
 		t.Errorf("%d WATCHDOG=1 in %s with the probe passing, want about %d (every %s)", n, window, expect, interval)
 	}
 	if hi >= watchdog {
@@ -177,15 +86,15 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 	inNS(t, node, "nft", "add table inet ldblock; add chain inet ldblock out { type filter hook output priority -400; }; "+
 		"add rule inet ldblock out ip daddr "+clusterListener+" udp dport 53 drop; add rule inet ldblock out ip daddr "+clusterListener+" tcp dport 53 drop")
 	blocked := time.Now()
-	settle := sock.collect(interval + interval/2 + 200*time.Millisecond) // a probe may have passed just before
+	settle := sock.Collect(interval + interval/2 + 200*time.Millisecond) // a probe may have passed just before
 	var lastPing time.Time
 	for _, n := range settle {
-		if n.has("WATCHDOG=1") {
-			lastPing = n.at
+		if n.Has("WATCHDOG=1") {
+			lastPing = n.At
 		}
 	}
-	failing := sock.collect(window)
-	if n := count(failing, "WATCHDOG=1"); n != 0 {
+	failing := sock.Collect(window)
+	if n := testnotify.Count(failing, "WATCHDOG=1"); n != 0 {
 		t.Errorf("%d WATCHDOG=1 while %s:53 was blocked", n, clusterListener)
 	}
 	if !lastPing.IsZero() {
@@ -199,38 +108,38 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 
 	unblocked := time.Now() // before: the first ping can beat nft's exit
 	inNS(t, node, "nft", "delete", "table", "inet", "ldblock")
-	ping, _, ok := sock.next("WATCHDOG=1", watchdog)
+	ping, _, ok := sock.Next("WATCHDOG=1", watchdog)
 	if !ok {
 		t.Fatalf("no WATCHDOG=1 within %s after the drop rule was removed", watchdog)
 	}
-	t.Logf("unblocked: first WATCHDOG=1 %s after the drop rule was removed", ping.at.Sub(unblocked).Round(time.Millisecond))
+	t.Logf("unblocked: first WATCHDOG=1 %s after the drop rule was removed", ping.At.Sub(unblocked).Round(time.Millisecond))
 
 	// SIGHUP: RELOADING=1 (with MONOTONIC_USEC, for Type=notify-reload),
 	// then READY=1 once the new configuration serves; pings go on.
 	d.signal(t, syscall.SIGHUP)
-	reloading, _, ok := sock.next("RELOADING=1", 5*time.Second)
+	reloading, _, ok := sock.Next("RELOADING=1", 5*time.Second)
 	if !ok {
 		t.Fatalf("no RELOADING=1 within 5s of SIGHUP; log:\n%s", d.Log())
 	}
-	if !slices.ContainsFunc(reloading.lines, func(l string) bool { return strings.HasPrefix(l, "MONOTONIC_USEC=") }) {
-		t.Errorf("RELOADING=1 without MONOTONIC_USEC: %q", reloading.lines)
+	if !slices.ContainsFunc(reloading.Lines, func(l string) bool { return strings.HasPrefix(l, "MONOTONIC_USEC=") }) {
+		t.Errorf("RELOADING=1 without MONOTONIC_USEC: %q", reloading.Lines)
 	}
-	reloaded, _, ok := sock.next("READY=1", 5*time.Second)
+	reloaded, _, ok := sock.Next("READY=1", 5*time.Second)
 	if !ok {
 		t.Fatalf("no READY=1 within 5s after RELOADING=1; log:\n%s", d.Log())
 	}
-	t.Logf("SIGHUP: READY=1 %s after RELOADING=1", reloaded.at.Sub(reloading.at).Round(time.Millisecond))
-	if _, _, ok := sock.next("WATCHDOG=1", watchdog); !ok {
+	t.Logf("SIGHUP: READY=1 %s after RELOADING=1", reloaded.At.Sub(reloading.At).Round(time.Millisecond))
+	if _, _, ok := sock.Next("WATCHDOG=1", watchdog); !ok {
 		t.Errorf("no WATCHDOG=1 within %s after the reload", watchdog)
 	}
 
 	// Every upstream down: the probe zone is answered locally, pings go on.
 	up.cluster.Stop()
 	up.vnet.Stop()
-	down := sock.collect(window)
+	down := sock.Collect(window)
 	lo, avg, hi = intervals(down)
-	t.Logf("upstreams down: %d WATCHDOG=1 in %s, interval min %s avg %s max %s", count(down, "WATCHDOG=1"), window, lo.Round(time.Millisecond), avg.Round(time.Millisecond), hi.Round(time.Millisecond))
-	if n := count(down, "WATCHDOG=1"); n < expect*6/10 {
+	t.Logf("upstreams down: %d WATCHDOG=1 in %s, interval min %s avg %s max %s", testnotify.Count(down, "WATCHDOG=1"), window, lo.Round(time.Millisecond), avg.Round(time.Millisecond), hi.Round(time.Millisecond))
+	if n := testnotify.Count(down, "WATCHDOG=1"); n < expect*6/10 {
 		t.Errorf("%d WATCHDOG=1 in %s with every upstream down, want about %d", n, window, expect)
 	}
 	if hi >= watchdog {
@@ -238,7 +147,7 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 	}
 
 	d.signal(t, syscall.SIGTERM)
-	stopping, _, ok := sock.next("STOPPING=1", 5*time.Second)
+	stopping, _, ok := sock.Next("STOPPING=1", 5*time.Second)
 	if !ok {
 		t.Fatalf("no STOPPING=1 within 5s of SIGTERM; log:\n%s", d.Log())
 	}
@@ -246,11 +155,11 @@ func TestNotifyReadinessAndWatchdog(t *testing.T) {
 	if !exited || code != 0 {
 		t.Fatalf("after SIGTERM: exited %t, code %d", exited, code)
 	}
-	after := sock.collect(100 * time.Millisecond)
-	if n := count(after, "WATCHDOG=1"); n != 0 {
+	after := sock.Collect(100 * time.Millisecond)
+	if n := testnotify.Count(after, "WATCHDOG=1"); n != 0 {
 		t.Errorf("%d WATCHDOG=1 after STOPPING=1", n)
 	}
-	t.Logf("STOPPING=1: %q; then %d more notifications", stopping.lines, len(after))
+	t.Logf("STOPPING=1: %q; then %d more notifications", stopping.Lines, len(after))
 }
 
 // exitProbe is daemon.ExitProbe: a listener did not answer its self-probe.
@@ -265,12 +174,12 @@ func TestNoReadyWhenSelfProbeFails(t *testing.T) {
 	node := newNS(t, "node")
 	up := startUpstreams(t, node)
 	cfg := newProfile(t, up).write(t)
-	sock := openNotifySocket(t)
+	sock := testnotify.Listen(t)
 	inNS(t, node, "nft", "add table inet ldblock; add chain inet ldblock out { type filter hook output priority -400; }; "+
 		"add rule inet ldblock out ip daddr "+clusterListener+" udp dport 53 drop; add rule inet ldblock out ip daddr "+clusterListener+" tcp dport 53 drop")
 	before := nodeState(t, node)
 
-	d := startRun(t, node, cfg, runOpts{env: []string{"NOTIFY_SOCKET=" + sock.path, "WATCHDOG_USEC=2000000"}})
+	d := startRun(t, node, cfg, runOpts{env: []string{"NOTIFY_SOCKET=" + sock.Path, "WATCHDOG_USEC=2000000"}})
 	code, ok := d.wait(35 * time.Second) // the start-up probe gets 15 s
 	if !ok {
 		t.Fatalf("localdns did not exit within 35s with its self-probe failing; log:\n%s", d.Log())
@@ -278,10 +187,10 @@ func TestNoReadyWhenSelfProbeFails(t *testing.T) {
 	if code != exitProbe {
 		t.Errorf("exit code %d with the self-probe failing, want %d (ExitProbe); log:\n%s", code, exitProbe, d.Log())
 	}
-	got := sock.collect(200 * time.Millisecond)
+	got := sock.Collect(200 * time.Millisecond)
 	for _, n := range got {
-		if n.has("READY=1") || n.has("WATCHDOG=1") {
-			t.Errorf("sent %q although the self-probe failed", n.lines)
+		if n.Has("READY=1") || n.Has("WATCHDOG=1") {
+			t.Errorf("sent %q although the self-probe failed", n.Lines)
 		}
 	}
 	if after := nodeState(t, node); after != before {

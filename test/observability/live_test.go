@@ -356,8 +356,8 @@ func (r *rig) trafficAndOutage(t *testing.T) {
 		delta{name: "localdns_watchdog_probe_duration_seconds", want: 2, atLeast: true},
 		delta{name: "localdns_watchdog_probe_failures_total", want: 0},
 	)
-	if r.notify.count("READY=1") < 1 || r.notify.count("WATCHDOG=1") < 2 {
-		t.Errorf("sd_notify: %d READY=1, %d WATCHDOG=1; want READY and watchdog pings", r.notify.count("READY=1"), r.notify.count("WATCHDOG=1"))
+	if r.notify.Count("READY=1") < 1 || r.notify.Count("WATCHDOG=1") < 2 {
+		t.Errorf("sd_notify: %d READY=1, %d WATCHDOG=1; want READY and watchdog pings", r.notify.Count("READY=1"), r.notify.Count("WATCHDOG=1"))
 	}
 
 	// /status counts every query answered, as the dashboard does.

@@ -28,6 +28,7 @@ import (
 
 	"github.com/localdns/localdns/internal/testbin"
 	"github.com/localdns/localdns/internal/testdns"
+	"github.com/localdns/localdns/internal/testnotify"
 )
 
 var binary string
@@ -75,56 +76,10 @@ type rig struct {
 	profile        string // path
 	snapshot       string // path
 	d              *daemon
-	notify         *notifySocket
+	notify         *testnotify.Socket
 	nodeIP, podsIP string
 	prom           *prometheusServer // nil without the prometheus binary
 	fired          map[string]bool   // alerts whose condition held in Prometheus
-}
-
-// notifySocket plays systemd's side of sd_notify: it collects what the
-// daemon sends.
-type notifySocket struct {
-	path string
-	mu   sync.Mutex
-	msgs []string
-}
-
-func listenNotify(t *testing.T) *notifySocket {
-	t.Helper()
-	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify")}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, string(buf[:k]))
-			n.mu.Unlock()
-		}
-	}()
-	return n
-}
-
-// count returns how many datagrams carried the line want ("READY=1").
-func (n *notifySocket) count(want string) int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	c := 0
-	for _, m := range n.msgs {
-		for _, line := range strings.Split(m, "\n") {
-			if line == want {
-				c++
-			}
-		}
-	}
-	return c
 }
 
 // The cache keeps answers for cacheDurationInSeconds: 5 (the cache's floor)
@@ -183,9 +138,9 @@ func newRig(t *testing.T) *rig {
 func (r *rig) start(t *testing.T) {
 	t.Helper()
 	d := &daemon{done: make(chan error, 1)}
-	notify := listenNotify(t)
+	notify := testnotify.Listen(t)
 	d.cmd = exec.Command(binary, "run", "--config", r.profile)
-	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.path, "WATCHDOG_USEC=5000000")
+	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.Path, "WATCHDOG_USEC=5000000")
 	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
