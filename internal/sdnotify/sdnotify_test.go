@@ -16,65 +16,28 @@ import (
 	"github.com/coredns/coredns/plugin/whoami"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/localdns/localdns/internal/testnotify"
 )
 
-// notifySocket is the test's stand-in for systemd: a unixgram socket whose
-// path is put in NOTIFY_SOCKET. Every datagram it receives is one sd_notify
-// message, split into its KEY=VALUE lines.
-type notifySocket struct {
-	path string
-	conn *net.UnixConn
-	msgs chan []string
-}
-
-func newNotifySocket(t *testing.T) *notifySocket {
+// listenNotify opens the test's stand-in for systemd's notification socket
+// and points NOTIFY_SOCKET at it.
+func listenNotify(t *testing.T) *testnotify.Socket {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &notifySocket{path: path, conn: conn, msgs: make(chan []string, 1024)}
-	go func() {
-		defer close(s.msgs)
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			s.msgs <- strings.Split(string(buf[:n]), "\n")
-		}
-	}()
-	t.Cleanup(func() { conn.Close() })
-	t.Setenv("NOTIFY_SOCKET", path)
+	s := testnotify.Listen(t)
+	t.Setenv("NOTIFY_SOCKET", s.Path)
 	return s
 }
 
-// mark injects a datagram of the test's own into the socket. Datagrams on one
-// socket are queued in the order they were sent, so a mark splits the stream
-// exactly into "sent before" and "sent after".
-func (s *notifySocket) mark(t *testing.T, label string) {
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: s.path, Net: "unixgram"})
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte("TEST_MARK=" + label)); err != nil {
-		t.Error(err)
-	}
-}
-
-func (s *notifySocket) next(t *testing.T, within time.Duration) []string {
+// next returns the lines of the next sd_notify message, failing the test
+// when none arrives within within.
+func next(t *testing.T, s *testnotify.Socket, within time.Duration) []string {
 	t.Helper()
-	select {
-	case m := <-s.msgs:
-		return m
-	case <-time.After(within):
+	n, ok := s.Receive(within)
+	if !ok {
 		t.Fatalf("no sd_notify message within %v", within)
-		return nil
 	}
+	return n.Lines
 }
 
 func has(msg []string, line string) bool {
@@ -163,7 +126,7 @@ func (h *healthServer) restart(t *testing.T) {
 // WATCHDOG_USEC, silence while the listener is down, pings again once it is
 // back, STOPPING=1 last.
 func TestNotifySequence(t *testing.T) {
-	sock := newNotifySocket(t)
+	sock := listenNotify(t)
 	t.Setenv("WATCHDOG_USEC", "600000") // 600 ms: ping every 120 ms
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	srv := newHealthServer(t)
@@ -182,17 +145,17 @@ func TestNotifySequence(t *testing.T) {
 			t.Errorf("pinged after a failed probe: %+v", r)
 		}
 		if r.ProbeErr != nil && armFailed.CompareAndSwap(true, false) {
-			sock.mark(t, "first-failure")
+			sock.Mark(t, "first-failure")
 		}
 		if r.ProbeErr == nil && armRecovered.CompareAndSwap(true, false) {
-			sock.mark(t, "recovered")
+			sock.Mark(t, "recovered")
 		}
 	}
 
 	if err := Ready("serving on " + srv.addr.String()); err != nil {
 		t.Fatal(err)
 	}
-	msg := sock.next(t, time.Second)
+	msg := next(t, sock, time.Second)
 	if !has(msg, "READY=1") || !has(msg, "STATUS=serving on "+srv.addr.String()) {
 		t.Fatalf("first message = %q, want READY=1 with STATUS", msg)
 	}
@@ -208,7 +171,7 @@ func TestNotifySequence(t *testing.T) {
 	const healthy = 5
 	var stamps []time.Time
 	for len(stamps) < healthy {
-		msg := sock.next(t, time.Second)
+		msg := next(t, sock, time.Second)
 		if !has(msg, "WATCHDOG=1") {
 			t.Fatalf("healthy phase: unexpected message %q", msg)
 		}
@@ -225,7 +188,7 @@ func TestNotifySequence(t *testing.T) {
 	armFailed.Store(true)
 	srv.stop()
 	for {
-		msg := sock.next(t, 2*time.Second)
+		msg := next(t, sock, 2*time.Second)
 		if has(msg, "TEST_MARK=first-failure") {
 			break
 		}
@@ -234,15 +197,8 @@ func TestNotifySequence(t *testing.T) {
 		}
 	}
 	failuresBefore := gatherFailures(t, reg)
-	silence := time.After(900 * time.Millisecond)
-wait:
-	for {
-		select {
-		case msg := <-sock.msgs:
-			t.Fatalf("listener down, yet got %q", msg)
-		case <-silence:
-			break wait
-		}
+	if msg, ok := sock.Receive(900 * time.Millisecond); ok {
+		t.Fatalf("listener down, yet got %q", msg.Lines)
 	}
 	if got := gatherFailures(t, reg) - failuresBefore; got < 4 {
 		t.Errorf("failures counted while down = %v, want >= 4 in 900ms at 120ms ticks", got)
@@ -252,15 +208,15 @@ wait:
 	armRecovered.Store(true)
 	srv.restart(t)
 	resumeStart := time.Now()
-	if msg := sock.next(t, 2*time.Second); !has(msg, "WATCHDOG=1") {
+	if msg := next(t, sock, 2*time.Second); !has(msg, "WATCHDOG=1") {
 		t.Fatalf("after recovery: first message %q, want WATCHDOG=1", msg)
 	}
 	t.Logf("first ping %v after the listener came back", time.Since(resumeStart))
-	if msg := sock.next(t, time.Second); !has(msg, "TEST_MARK=recovered") {
+	if msg := next(t, sock, time.Second); !has(msg, "TEST_MARK=recovered") {
 		t.Fatalf("after recovery: %q, want the recovered mark", msg)
 	}
 	for range 2 {
-		if msg := sock.next(t, time.Second); !has(msg, "WATCHDOG=1") {
+		if msg := next(t, sock, time.Second); !has(msg, "WATCHDOG=1") {
 			t.Fatalf("after recovery: %q, want WATCHDOG=1", msg)
 		}
 	}
@@ -275,26 +231,24 @@ wait:
 	}
 	var last []string
 	for {
-		select {
-		case msg := <-sock.msgs:
-			last = msg
-			if has(msg, "STOPPING=1") {
-				if !has(msg, "STATUS=draining") {
-					t.Errorf("STOPPING message %q lacks STATUS=draining", msg)
-				}
-				select {
-				case extra := <-sock.msgs:
-					t.Fatalf("message after STOPPING=1: %q", extra)
-				case <-time.After(300 * time.Millisecond):
-				}
-				checkHistogram(t, reg)
-				return
-			}
-			if !has(msg, "WATCHDOG=1") {
-				t.Fatalf("before STOPPING: unexpected %q", msg)
-			}
-		case <-time.After(time.Second):
+		n, ok := sock.Receive(time.Second)
+		if !ok {
 			t.Fatalf("no STOPPING=1; last message %q", last)
+		}
+		msg := n.Lines
+		last = msg
+		if has(msg, "STOPPING=1") {
+			if !has(msg, "STATUS=draining") {
+				t.Errorf("STOPPING message %q lacks STATUS=draining", msg)
+			}
+			if extra, ok := sock.Receive(300 * time.Millisecond); ok {
+				t.Fatalf("message after STOPPING=1: %q", extra.Lines)
+			}
+			checkHistogram(t, reg)
+			return
+		}
+		if !has(msg, "WATCHDOG=1") {
+			t.Fatalf("before STOPPING: unexpected %q", msg)
 		}
 	}
 }
@@ -339,7 +293,7 @@ func checkHistogram(t *testing.T, reg *prometheus.Registry) {
 // (a wedged server) fails the probe at the probe timeout, well inside the
 // interval, and is not pinged.
 func TestWatchdogProbeTimeout(t *testing.T) {
-	sock := newNotifySocket(t)
+	sock := listenNotify(t)
 	t.Setenv("WATCHDOG_USEC", "1000000") // 200 ms interval, 100 ms probe timeout
 	t.Setenv("WATCHDOG_PID", "")
 	srv := newHealthServer(t)
@@ -372,16 +326,14 @@ func TestWatchdogProbeTimeout(t *testing.T) {
 	}
 	var pings int
 	for {
-		select {
-		case msg := <-sock.msgs:
-			if !has(msg, "WATCHDOG=1") {
-				t.Fatalf("unexpected %q", msg)
-			}
-			pings++
-			continue
-		case <-time.After(100 * time.Millisecond):
+		n, ok := sock.Receive(100 * time.Millisecond)
+		if !ok {
+			break
 		}
-		break
+		if !has(n.Lines, "WATCHDOG=1") {
+			t.Fatalf("unexpected %q", n.Lines)
+		}
+		pings++
 	}
 	if pings != 1 {
 		t.Errorf("%d pings, want exactly 1 (only the one passing probe)", pings)
@@ -418,7 +370,7 @@ func TestNoSystemd(t *testing.T) {
 // TestWatchdogNotOurs: a notify socket but no watchdog for this process
 // (WatchdogSec unset, or WATCHDOG_PID naming the parent) means no pings.
 func TestWatchdogNotOurs(t *testing.T) {
-	newNotifySocket(t)
+	listenNotify(t)
 	for _, env := range []struct{ usec, pid string }{
 		{"", ""},
 		{"600000", strconv.Itoa(os.Getppid())},
@@ -439,7 +391,7 @@ func TestWatchdogNotOurs(t *testing.T) {
 }
 
 func TestMessages(t *testing.T) {
-	sock := newNotifySocket(t)
+	sock := listenNotify(t)
 	for _, tc := range []struct {
 		send func() error
 		want []string
@@ -452,7 +404,7 @@ func TestMessages(t *testing.T) {
 		if err := tc.send(); err != nil {
 			t.Fatal(err)
 		}
-		got := sock.next(t, time.Second)
+		got := next(t, sock, time.Second)
 		if strings.Join(got, "|") != strings.Join(tc.want, "|") {
 			t.Errorf("got %q, want %q", got, tc.want)
 		}
@@ -460,7 +412,7 @@ func TestMessages(t *testing.T) {
 	if err := Reloading(); err != nil {
 		t.Fatal(err)
 	}
-	got := sock.next(t, time.Second)
+	got := next(t, sock, time.Second)
 	if len(got) != 2 || got[0] != "RELOADING=1" || !strings.HasPrefix(got[1], "MONOTONIC_USEC=") {
 		t.Errorf("reloading = %q, want RELOADING=1 and MONOTONIC_USEC", got)
 	}
