@@ -2,7 +2,6 @@ package extdns
 
 import (
 	"fmt"
-	"net"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/localdns/localdns/internal/testdns"
 	"github.com/localdns/localdns/test/lab/delayproxy"
 )
 
@@ -19,14 +19,7 @@ func TestServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: s}
-	go srv.ActivateAndServe()
-	defer srv.Shutdown()
-	addr := pc.LocalAddr().String()
+	addr, _ := testdns.Serve(t, s)
 
 	ask := func(name string, qt uint16) (*dns.Msg, time.Duration) {
 		t.Helper()
@@ -77,18 +70,12 @@ func TestServerHoldPrecision(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: s}
-	go srv.ActivateAndServe()
-	defer srv.Shutdown()
+	addr, _ := testdns.Serve(t, s)
 	c := &dns.Client{Timeout: time.Second}
 	for i := range 300 {
 		m := new(dns.Msg)
 		m.SetQuestion(fmt.Sprintf("api%d.example.com.", i), dns.TypeA)
-		if _, rtt, err := c.Exchange(m, pc.LocalAddr().String()); err != nil || rtt < time.Millisecond {
+		if _, rtt, err := c.Exchange(m, addr); err != nil || rtt < time.Millisecond {
 			t.Fatalf("query %d: rtt %v, err %v", i, rtt, err)
 		}
 	}
@@ -106,18 +93,12 @@ func TestServerClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: s}
-	go srv.ActivateAndServe()
-	defer srv.Shutdown()
+	addr, _ := testdns.Serve(t, s)
 	done := make(chan error, 1)
 	go func() {
 		m := new(dns.Msg)
 		m.SetQuestion("api1.example.com.", dns.TypeA)
-		_, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, pc.LocalAddr().String())
+		_, _, err := (&dns.Client{Timeout: 5 * time.Second}).Exchange(m, addr)
 		done <- err
 	}()
 	for s.Queries() == 0 {
