@@ -1,7 +1,6 @@
 package junk_test
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -16,6 +15,8 @@ import (
 
 	// Our build: the plugins and the chain order the binary runs.
 	_ "github.com/localdns/localdns/internal/plugins"
+
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 // upstream is a DNS server the test starts on 127.0.0.1, UDP and TCP on one
@@ -72,17 +73,8 @@ func startUpstream(t *testing.T) *upstream {
 func startCoreDNS(t *testing.T, corefile string) *caddy.Instance {
 	t.Helper()
 	caddy.Quiet, dnsserver.Quiet = true, true
-	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatalf("start CoreDNS: %v", err)
-	}
-	t.Cleanup(func() {
-		err := errors.Join(append(inst.ShutdownCallbacks(), inst.Stop())...)
-		inst.Wait()
-		if err != nil {
-			t.Errorf("stop CoreDNS: %v", err)
-		}
-	})
+	inst := testdns.StartCoreDNS(t, corefile)
+	t.Cleanup(func() { testdns.StopCoreDNS(t, inst) })
 	return inst
 }
 

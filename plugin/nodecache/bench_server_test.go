@@ -6,10 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
 
 	"github.com/localdns/localdns/plugin/nodecache"
+
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 // BenchmarkHitUDP measures a cache hit through CoreDNS's server over UDP
@@ -72,14 +73,7 @@ func startBenchUpstream(b *testing.B) string {
 
 func startBenchServer(b *testing.B, corefile string) string {
 	b.Helper()
-	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		inst.ShutdownCallbacks()
-		inst.Stop()
-		inst.Wait()
-	})
+	inst := testdns.StartCoreDNS(b, corefile)
+	b.Cleanup(func() { testdns.StopCoreDNS(b, inst) })
 	return inst.Servers()[0].LocalAddr().String()
 }

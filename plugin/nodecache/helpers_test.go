@@ -1,7 +1,6 @@
 package nodecache_test
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -143,24 +142,14 @@ type server struct {
 
 func startServer(t *testing.T, corefile string) *server {
 	t.Helper()
-	inst, err := caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
-	if err != nil {
-		t.Fatalf("start CoreDNS: %v\n%s", err, corefile)
-	}
-	s := &server{t: t, inst: inst}
+	s := &server{t: t, inst: testdns.StartCoreDNS(t, corefile)}
 	t.Cleanup(s.stop)
 	return s
 }
 
+// stop stops the current instance (a test may have restarted it), once.
 func (s *server) stop() {
-	s.once.Do(func() {
-		err := errors.Join(s.inst.ShutdownCallbacks()...)
-		err = errors.Join(err, s.inst.Stop())
-		s.inst.Wait()
-		if err != nil {
-			s.t.Errorf("stop CoreDNS: %v", err)
-		}
-	})
+	s.once.Do(func() { testdns.StopCoreDNS(s.t, s.inst) })
 }
 
 // target is a server's UDP and TCP address (bound separately on port 0).

@@ -1,7 +1,6 @@
 package upstream_test
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -141,24 +140,13 @@ type listener struct{ udp, tcp string }
 // 127.0.0.1 and a free port, whose body is body, and returns its addresses.
 func startLocaldns(t testing.TB, body string) listener {
 	t.Helper()
-	inst, err := startCorefile(fmt.Sprintf(".:0 {\n\tbind 127.0.0.1\n%s\n}\n", body))
-	if err != nil {
-		t.Fatalf("start CoreDNS: %v", err)
-	}
-	t.Cleanup(func() { stopInstance(t, inst) })
+	inst := testdns.StartCoreDNS(t, fmt.Sprintf(".:0 {\n\tbind 127.0.0.1\n%s\n}\n", body))
+	t.Cleanup(func() { testdns.StopCoreDNS(t, inst) })
 	return listener{udp: inst.Servers()[0].LocalAddr().String(), tcp: inst.Servers()[0].Addr().String()}
 }
 
 func startCorefile(corefile string) (*caddy.Instance, error) {
 	return caddy.Start(caddy.CaddyfileInput{Contents: []byte(corefile), Filepath: "Corefile", ServerTypeName: "dns"})
-}
-
-func stopInstance(t testing.TB, inst *caddy.Instance) {
-	err := errors.Join(append(inst.ShutdownCallbacks(), inst.Stop())...)
-	inst.Wait()
-	if err != nil {
-		t.Errorf("stop CoreDNS: %v", err)
-	}
 }
 
 // ask sends one query and returns the answer and how long it took.

@@ -14,6 +14,8 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netns"
+
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 // The netns test builds a small node:
@@ -142,7 +144,7 @@ func runNodeSide(t *testing.T, beNS string) {
 	}
 }
 `, vnetIP, vnetAnswer))
-	t.Cleanup(func() { stopInstance(t, vnet) })
+	t.Cleanup(func() { testdns.StopCoreDNS(t, vnet) })
 
 	block := func(spread string) string {
 		return upstreamBlock(
@@ -187,17 +189,17 @@ func runNodeSide(t *testing.T, beNS string) {
 			t.Errorf("spread %s: one backend got %.1f%% of the queries, want <= %.0f%%", spread, 100*share, 100*limit)
 		}
 		if spread != "query" {
-			stopInstance(t, inst)
+			testdns.StopCoreDNS(t, inst)
 			continue
 		}
 		on = l
-		t.Cleanup(func() { stopInstance(t, inst) })
+		t.Cleanup(func() { testdns.StopCoreDNS(t, inst) })
 	}
 
 	// Failover: stop both cluster DNS pods.
 	stopped := time.Now()
-	stopInstance(t, pod1)
-	stopInstance(t, pod2)
+	testdns.StopCoreDNS(t, pod1)
+	testdns.StopCoreDNS(t, pod2)
 	svc := serviceIP + ":53"
 	waitFor(t, 15*time.Second, "service IP marked down", func() bool { return markedDown(t, "cluster", svc) })
 	t.Logf("service IP marked down %s after the pods stopped", time.Since(stopped).Round(10*time.Millisecond))
@@ -228,7 +230,7 @@ func runNodeSide(t *testing.T, beNS string) {
 	restarted := time.Now()
 	for _, p := range []string{pod(backend1, answer1), pod(backend2, answer2)} {
 		inst := startIn(p)
-		t.Cleanup(func() { stopInstance(t, inst) })
+		t.Cleanup(func() { testdns.StopCoreDNS(t, inst) })
 	}
 	waitFor(t, 5*time.Second, "service IP healthy again", func() bool { return healthyGauge(t, "cluster", svc) == 1 })
 	t.Logf("service IP healthy again %s after the pods restarted", time.Since(restarted).Round(10*time.Millisecond))

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 func upstreamBlock(directives ...string) string {
@@ -380,7 +382,7 @@ func TestLoopRefused(t *testing.T) {
 		corefile := fmt.Sprintf(".:%d {\n\t%s\n\tupstream {\n\t\t%s\n\t}\n}\n", port, tc.bind, tc.to)
 		inst, err := startCorefile(corefile)
 		if err == nil {
-			stopInstance(t, inst)
+			testdns.StopCoreDNS(t, inst)
 			t.Errorf("%q: started, want a loop error", corefile)
 			continue
 		}
