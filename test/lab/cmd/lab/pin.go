@@ -103,18 +103,40 @@ func autogroupNice(n int) (restore func(), note string, err error) {
 	if err != nil {
 		return restore, "", fmt.Errorf("read the lab's autogroup: %w", err)
 	}
-	// "/autogroup-274 nice 0"
-	f := strings.Fields(string(data))
-	if len(f) != 3 {
-		return restore, "", fmt.Errorf("unexpected /proc/self/autogroup %q", strings.TrimSpace(string(data)))
-	}
-	old, err := strconv.Atoi(f[2])
+	group, old, ok, err := parseAutogroup(string(data))
 	if err != nil {
-		return restore, "", fmt.Errorf("unexpected /proc/self/autogroup %q: %w", strings.TrimSpace(string(data)), err)
+		return restore, "", err
+	}
+	if !ok {
+		// The kernel prints nothing for a task in the default autogroup,
+		// the one of init's session: a process started by a service
+		// manager or CI runner that never called setsid. Its tasks are
+		// scheduled in the root group, where nice values alone count.
+		return restore, "the lab runs in init's session, outside any scheduler autogroup: nice values alone rank it against other work", nil
 	}
 	if err := os.WriteFile("/proc/self/autogroup", []byte(strconv.Itoa(n)), 0); err != nil {
 		return restore, "", fmt.Errorf("set the lab's autogroup nice to %d: %w", n, err)
 	}
 	restore = func() { os.WriteFile("/proc/self/autogroup", []byte(strconv.Itoa(old)), 0) }
-	return restore, fmt.Sprintf("the lab's scheduler autogroup (%s, the session it runs in) at nice %d as well, as the kernel schedules sessions against each other by their autogroup's nice", f[0], n), nil
+	return restore, fmt.Sprintf("the lab's scheduler autogroup (%s, the session it runs in) at nice %d as well, as the kernel schedules sessions against each other by their autogroup's nice", group, n), nil
+}
+
+// parseAutogroup reads /proc/self/autogroup: "/autogroup-274 nice 0" gives
+// the group's name and nice value. An empty file (ok false, no error) means
+// the task is in init's session, the default autogroup, which the kernel
+// does not print.
+func parseAutogroup(data string) (group string, nice int, ok bool, err error) {
+	data = strings.TrimSpace(data)
+	if data == "" {
+		return "", 0, false, nil
+	}
+	f := strings.Fields(data)
+	if len(f) != 3 || f[1] != "nice" || !strings.HasPrefix(f[0], "/autogroup-") {
+		return "", 0, false, fmt.Errorf("unexpected /proc/self/autogroup %q", data)
+	}
+	nice, err = strconv.Atoi(f[2])
+	if err != nil {
+		return "", 0, false, fmt.Errorf("unexpected /proc/self/autogroup %q: %w", data, err)
+	}
+	return f[0], nice, true, nil
 }

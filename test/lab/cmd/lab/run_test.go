@@ -94,3 +94,20 @@ func TestCPUTimesShares(t *testing.T) {
 		t.Errorf("readCPU(cpu) = %+v", c)
 	}
 }
+
+func TestParseAutogroup(t *testing.T) {
+	group, nice, ok, err := parseAutogroup("/autogroup-274 nice -5\n")
+	if err != nil || !ok || group != "/autogroup-274" || nice != -5 {
+		t.Errorf("parseAutogroup(in a group) = %q, %d, %v, %v", group, nice, ok, err)
+	}
+	// A task in init's session (as CI runs the lab) reads an empty file:
+	// not an error.
+	if _, _, ok, err := parseAutogroup(""); ok || err != nil {
+		t.Errorf("parseAutogroup(empty) = ok %v, err %v; want not in a group, no error", ok, err)
+	}
+	for _, bad := range []string{"garbage", "/autogroup-1 nice x", "/autogroup-1 prio 0"} {
+		if _, _, _, err := parseAutogroup(bad); err == nil {
+			t.Errorf("parseAutogroup(%q) gave no error", bad)
+		}
+	}
+}
