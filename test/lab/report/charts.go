@@ -15,9 +15,10 @@ import (
 
 // Colours of the two scenarios and the two backends.
 var (
-	colCentral = color.RGBA{R: 0xd6, G: 0x60, B: 0x4d, A: 0xff}
-	colLocal   = color.RGBA{R: 0x2b, G: 0x83, B: 0xba, A: 0xff}
-	colBackend = []color.Color{color.RGBA{R: 0x8c, G: 0x6b, B: 0xb1, A: 0xff}, color.RGBA{R: 0x66, G: 0xc2, B: 0xa5, A: 0xff}}
+	colCentral   = color.RGBA{R: 0xd6, G: 0x60, B: 0x4d, A: 0xff}
+	colLocal     = color.RGBA{R: 0x2b, G: 0x83, B: 0xba, A: 0xff}
+	colReference = color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff}
+	colBackend   = []color.Color{color.RGBA{R: 0x8c, G: 0x6b, B: 0xb1, A: 0xff}, color.RGBA{R: 0x66, G: 0xc2, B: 0xa5, A: 0xff}}
 )
 
 // series is one bar colour of a grouped bar chart.
@@ -92,12 +93,16 @@ func latencyChart(dir string, r *Results, class string) (string, error) {
 		}
 		return s
 	}
+	ss := []series{mk("centralized CoreDNS", colCentral, pa), mk("localdns", colLocal, pb)}
+	if r.Reference != nil {
+		x := r.Reference[class]
+		ss = append(ss, mk("reference: "+r.Settings.Reference, colReference, []time.Duration{x.P50, x.P95, x.P99}))
+	}
 	file := "latency-" + class + ".png"
 	err := groupedBars(filepath.Join(dir, file),
 		fmt.Sprintf("Resolution time, %s names, %d QPS (lower is better)", class, r.Settings.QPS),
 		fmt.Sprintf("latency (ms; a lost query counts as %s)", fmtDur(a.Timeout)), 0,
-		[]string{"p50", "p95", "p99"},
-		[]series{mk("centralized CoreDNS", colCentral, pa), mk("localdns", colLocal, pb)})
+		[]string{"p50", "p95", "p99"}, ss)
 	return file, err
 }
 

@@ -169,3 +169,37 @@ func TestAdvisoryLatencyBars(t *testing.T) {
 		t.Error("report does not mark the advisory miss")
 	}
 }
+
+// TestReference: a run with a reference resolver shows its p99 and ratio
+// per round and the medians of both next to each other, and leaves the
+// bars (which judge localdns) as they were.
+func TestReference(t *testing.T) {
+	r := sample()
+	before := r.Bars()
+	r.Settings.Reference = "unbound 1.17.1"
+	refP99 := []time.Duration{2 * time.Millisecond, 4 * time.Millisecond, 5 * time.Millisecond}
+	for i := range r.Rounds {
+		r.Rounds[i].Reference = map[string]Phase{}
+		for _, c := range Classes {
+			r.Rounds[i].Reference[c] = Phase{Sent: 1000, Succeeded: 1000, P99: refP99[i]}
+		}
+	}
+	r.Reference = map[string]Phase{"cluster": {Sent: 3000, Succeeded: 3000, P99: 4 * time.Millisecond}, "external": {Sent: 3000, Succeeded: 3000, P99: 4 * time.Millisecond}}
+	// cluster: centralized 20, 12, 25 ms against 2, 4, 5 ms: 10x, 3x, 5x.
+	if median, ratios := r.MedianReferenceP99Ratio("cluster"); median != 5 || len(ratios) != 3 || ratios[0] != 10 {
+		t.Fatalf("reference median %v ratios %v, want 5 of [10 3 5]", median, ratios)
+	}
+	if after := r.Bars(); len(after) != len(before) || after[0] != before[0] || after[1] != before[1] {
+		t.Errorf("the reference changed the bars: %+v, was %+v", after, before)
+	}
+	md := Markdown(r, r.Bars(), nil)
+	for _, want := range []string{
+		"| 1 | cluster | 20.00 ms | 1.00 ms | 20.0x | 5.00 ms | 250 µs | 2.00 ms | 10.0x |",
+		"| cluster | reference: unbound 1.17.1 |",
+		"| cluster | 12.5x | 5.0x |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}

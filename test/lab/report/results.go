@@ -159,8 +159,11 @@ type Settings struct {
 	Pinning          string  // which CPUs ran what, or why nothing was pinned
 	BusyBefore       float64 // share of the machine's CPU busy in the 2 s before the lab started
 	LatencyAdvisory  bool    // the latency bars were shown, not enforced (lab run -enforce-latency=false)
-	Started          time.Time
-	Took             time.Duration
+	// Reference names the resolver measured as the machine's floor
+	// ("unbound 1.17.1"), "" when the run did not measure one.
+	Reference string
+	Started   time.Time
+	Took      time.Duration
 }
 
 // Results is everything one lab run measured.
@@ -174,6 +177,11 @@ type Results struct {
 
 	Centralized map[string]Phase // by class, the rounds pooled
 	LocalDNS    map[string]Phase // by class, the rounds pooled
+	// Reference is the machine's floor (Settings.Reference): another
+	// resolver answering the same names from memory, on the same CPU and
+	// path as localdns, measured in the same rounds. By class, the rounds
+	// pooled; nil when the run did not measure it.
+	Reference map[string]Phase
 	// Rounds are the latency rounds one by one: in each, both scenarios
 	// were measured back to back per class.
 	Rounds []Round
@@ -191,16 +199,26 @@ type Results struct {
 	Notes []string
 }
 
-// Round is one latency round: each class measured in both scenarios.
+// Round is one latency round: each class measured in every scenario.
 type Round struct {
 	Centralized map[string]Phase
 	LocalDNS    map[string]Phase
+	Reference   map[string]Phase // nil when the run did not measure it
 }
 
 // P99Ratio is how many times lower localdns's p99 was than centralized's
 // for class in this round (0 when not measured).
 func (r Round) P99Ratio(class string) float64 {
-	a, b := r.Centralized[class], r.LocalDNS[class]
+	return p99Ratio(r.Centralized[class], r.LocalDNS[class])
+}
+
+// ReferenceP99Ratio is how many times lower the reference resolver's p99
+// was than centralized's for class in this round (0 when not measured).
+func (r Round) ReferenceP99Ratio(class string) float64 {
+	return p99Ratio(r.Centralized[class], r.Reference[class])
+}
+
+func p99Ratio(a, b Phase) float64 {
 	if a.P99 <= 0 || b.P99 <= 0 {
 		return 0
 	}
@@ -210,8 +228,17 @@ func (r Round) P99Ratio(class string) float64 {
 // MedianP99Ratio is the median over the rounds of P99Ratio(class), with
 // the ratios in round order.
 func (r *Results) MedianP99Ratio(class string) (median float64, ratios []float64) {
+	return r.medianRatio(func(rd Round) float64 { return rd.P99Ratio(class) })
+}
+
+// MedianReferenceP99Ratio is MedianP99Ratio for the reference resolver.
+func (r *Results) MedianReferenceP99Ratio(class string) (median float64, ratios []float64) {
+	return r.medianRatio(func(rd Round) float64 { return rd.ReferenceP99Ratio(class) })
+}
+
+func (r *Results) medianRatio(ratio func(Round) float64) (median float64, ratios []float64) {
 	for _, rd := range r.Rounds {
-		if x := rd.P99Ratio(class); x > 0 {
+		if x := ratio(rd); x > 0 {
 			ratios = append(ratios, x)
 		}
 	}

@@ -83,10 +83,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 	b.WriteString("Per-query times from dnsperf's verbose output, percentiles by nearest rank over every query sent (both pods together); a query without an answer within dnsperf's timeout counts as taking the timeout.\n\n")
 	b.WriteString("| names | scenario | p50 | p95 | p99 | p99.9 | max | success | queries | achieved QPS | machine CPU busy / load | CPU busy: load side / servers | CPU: CoreDNS / localdns / emulation / dnsperf |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range Classes {
-		for _, sc := range []struct {
-			name string
-			p    Phase
-		}{{"centralized", r.Centralized[c]}, {"localdns", r.LocalDNS[c]}} {
+		for _, sc := range r.scenarios(c) {
 			p := sc.p
 			split := "not pinned"
 			if s.Pinned {
@@ -103,10 +100,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 	if s.Pinned {
 		var hot []string
 		for _, c := range Classes {
-			for _, sc := range []struct {
-				name string
-				p    Phase
-			}{{"centralized", r.Centralized[c]}, {"localdns", r.LocalDNS[c]}} {
+			for _, sc := range r.scenarios(c) {
 				if sc.p.LoadCPUBusy >= 0.9 {
 					hot = append(hot, fmt.Sprintf("%s %s (%.0f%%)", c, sc.name, 100*sc.p.LoadCPUBusy))
 				}
@@ -117,20 +111,7 @@ func Markdown(r *Results, bars []Bar, charts []string) string {
 		}
 	}
 	if len(r.Rounds) > 0 {
-		fmt.Fprintf(&b, "The table pools %d rounds. In each round both scenarios were measured back to back (which one first alternating from round to round), "+
-			"so that both met the same machine; the latency bars take the median of the rounds' p99 ratios, so that one round disturbed by other work on the machine does not decide them.\n\n", len(r.Rounds))
-		b.WriteString("| round | names | p99 centralized | p99 localdns | ratio | p50 centralized | p50 localdns | CPU busy: load side / servers (centralized; localdns) | stolen by the hypervisor (centralized; localdns) |\n|---|---|---|---|---|---|---|---|---|\n")
-		for i, rd := range r.Rounds {
-			for _, c := range Classes {
-				a, l := rd.Centralized[c], rd.LocalDNS[c]
-				split := "not pinned"
-				if s.Pinned {
-					split = fmt.Sprintf("%.0f%% / %.0f%%; %.0f%% / %.0f%%", 100*a.LoadCPUBusy, 100*a.ServerCPUBusy, 100*l.LoadCPUBusy, 100*l.ServerCPUBusy)
-				}
-				fmt.Fprintf(&b, "| %d | %s | %s | %s | %.1fx | %s | %s | %s | %.1f%%; %.1f%% |\n", i+1, c, fmtDur(a.P99), fmtDur(l.P99), rd.P99Ratio(c), fmtDur(a.P50), fmtDur(l.P50), split, 100*a.Steal, 100*l.Steal)
-			}
-		}
-		b.WriteString("\n")
+		writeRounds(&b, r)
 	}
 	for _, c := range charts {
 		fmt.Fprintf(&b, "![%s](%s)\n\n", strings.TrimSuffix(c, ".png"), c)
@@ -235,4 +216,79 @@ func pct(cpu float64, wall time.Duration) float64 {
 		return 0
 	}
 	return 100 * cpu / wall.Seconds()
+}
+
+// namedPhase is one scenario's phase, named as the report shows it.
+type namedPhase struct {
+	name string
+	p    Phase
+}
+
+// scenarios are the measured scenarios of class c in report order: the
+// two of the experiment, then the reference if the run measured one.
+func (r *Results) scenarios(c string) []namedPhase {
+	out := []namedPhase{{"centralized", r.Centralized[c]}, {"localdns", r.LocalDNS[c]}}
+	if r.Reference != nil {
+		out = append(out, namedPhase{"reference: " + r.Settings.Reference, r.Reference[c]})
+	}
+	return out
+}
+
+// writeRounds lists the latency rounds one by one, with the reference
+// resolver's p99 and ratio when the run measured one.
+func writeRounds(b *strings.Builder, r *Results) {
+	s := r.Settings
+	ref := r.Reference != nil
+	fmt.Fprintf(b, "The table pools %d rounds. In each round the scenarios were measured back to back (which one first rotating from round to round), "+
+		"so that they met the same machine; the latency bars take the median of the rounds' p99 ratios, so that one round disturbed by other work on the machine does not decide them.\n\n", len(r.Rounds))
+	head := "| round | names | p99 centralized | p99 localdns | ratio | p50 centralized | p50 localdns |"
+	sep := "|---|---|---|---|---|---|---|"
+	if ref {
+		head += " p99 reference | ratio (reference) |"
+		sep += "---|---|"
+	}
+	scen := "centralized; localdns"
+	if ref {
+		scen += "; reference"
+	}
+	head += " CPU busy: load side / servers (" + scen + ") | stolen by the hypervisor (" + scen + ") |"
+	sep += "---|---|"
+	b.WriteString(head + "\n" + sep + "\n")
+	for i, rd := range r.Rounds {
+		for _, c := range Classes {
+			a, l, x := rd.Centralized[c], rd.LocalDNS[c], rd.Reference[c]
+			phases := []Phase{a, l}
+			if ref {
+				phases = append(phases, x)
+			}
+			var split, steal []string
+			for _, p := range phases {
+				split = append(split, fmt.Sprintf("%.0f%% / %.0f%%", 100*p.LoadCPUBusy, 100*p.ServerCPUBusy))
+				steal = append(steal, fmt.Sprintf("%.1f%%", 100*p.Steal))
+			}
+			cpu := strings.Join(split, "; ")
+			if !s.Pinned {
+				cpu = "not pinned"
+			}
+			fmt.Fprintf(b, "| %d | %s | %s | %s | %.1fx | %s | %s |", i+1, c, fmtDur(a.P99), fmtDur(l.P99), rd.P99Ratio(c), fmtDur(a.P50), fmtDur(l.P50))
+			if ref {
+				fmt.Fprintf(b, " %s | %.1fx |", fmtDur(x.P99), rd.ReferenceP99Ratio(c))
+			}
+			fmt.Fprintf(b, " %s | %s |\n", cpu, strings.Join(steal, "; "))
+		}
+	}
+	b.WriteString("\n")
+	if !ref {
+		return
+	}
+	fmt.Fprintf(b, "**The machine's floor.** In the same rounds the pods also queried a reference resolver: %s serving every name of the workload from memory "+
+		"(its own static zones: no cache to miss, no upstream), on localdns's CPU, at another node-local address reached over the same veths with the same conntrack bypass. "+
+		"Its p99 is what this machine's client, kernel path and hypervisor leave of the tail for any resolver answering from memory. "+
+		"Median of the rounds' p99 ratios, centralized against each:\n\n| names | localdns | reference |\n|---|---|---|\n", s.Reference)
+	for _, c := range Classes {
+		lm, _ := r.MedianP99Ratio(c)
+		xm, _ := r.MedianReferenceP99Ratio(c)
+		fmt.Fprintf(b, "| %s | %.1fx | %.1fx |\n", c, lm, xm)
+	}
+	b.WriteString("\n")
 }

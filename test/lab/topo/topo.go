@@ -7,6 +7,7 @@
 //	pod2 10.244.2.2 ─┼── node ────────────┼─ coredns-b 10.244.101.2
 //	                 │  lo: 169.254.10.10 └─ azuredns  192.0.2.53
 //	                 │      169.254.10.11 (localdns listeners)
+//	                 │      169.254.10.12 (reference resolver, full lab)
 //	                 │      10.224.0.4    (node IP)
 //	                 │  nft: 10.0.0.10:53 -> numgen random mod 2 DNAT
 //
@@ -49,8 +50,12 @@ const (
 	ServiceIP       = "10.0.0.10"
 	NodeListener    = "169.254.10.10"
 	ClusterListener = "169.254.10.11"
-	NodeIP          = "10.224.0.4"
-	AzureDNSIP      = "192.0.2.53"
+	// ReferenceListener is where the lab's reference resolver listens
+	// (unbound, the machine's floor for the latency bars); the lab adds it
+	// to the node's lo when it measures one.
+	ReferenceListener = "169.254.10.12"
+	NodeIP            = "10.224.0.4"
+	AzureDNSIP        = "192.0.2.53"
 )
 
 // Peer is a namespace wired to the node by a veth pair.

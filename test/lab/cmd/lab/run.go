@@ -43,6 +43,9 @@ type variant struct {
 	extJitter   time.Duration
 	clusterTTL  int
 	externalTTL int
+	// reference: the latency rounds measure the reference resolver as well
+	// (reference.go); the short variant leaves it out to stay under 3 min.
+	reference bool
 }
 
 var variants = map[string]variant{
@@ -53,7 +56,7 @@ var variants = map[string]variant{
 		lookups: 150000, names: 3000, qps: 10000, clients: 2,
 		hopBase: time.Millisecond, hopJitter: 250 * time.Microsecond,
 		extBase: 2 * time.Millisecond, extJitter: 500 * time.Microsecond,
-		clusterTTL: 30, externalTTL: 60,
+		clusterTTL: 30, externalTTL: 60, reference: true,
 	},
 	"short": {
 		name: "short", rounds: 6, phase: 2500 * time.Millisecond,
@@ -85,6 +88,7 @@ type lab struct {
 	groupNote      string              // how the lab's autogroup was reniced
 	keep           bool                // keep dnsperf's per-query output in the scratch directory
 	enforceLatency bool                // the latency bars decide the run
+	names          map[string][]string // the workload's names per class
 }
 
 func runCmd(args []string) error {
@@ -102,6 +106,7 @@ func runCmd(args []string) error {
 	quietWait := fs.Duration("quiet-wait", 0, "before starting, wait up to this long for the machine to be less than 30% busy (a shared machine)")
 	pin := fs.Bool("pin", true, "pin the load side (dnsperf, emulation, the lab) to one CPU and the servers under test to another, both scenarios alike (needs 2 CPUs)")
 	enforceLatency := fs.Bool("enforce-latency", true, "fail the run when a p99 latency bar is missed; false shows them as advisory (CI on a small shared machine, where the tail measures the neighbours: see README.md)")
+	reference := fs.Bool("reference", true, "measure the reference resolver (unbound answering from memory on localdns's CPU) in the latency rounds of the full variant; the short variant never does")
 	up := fs.Bool("up", false, "only build the lab and start every server, then wait for SIGINT (for poking around)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -110,6 +115,7 @@ func runCmd(args []string) error {
 	if *short {
 		v = variants["short"]
 	}
+	v.reference = v.reference && *reference
 	if *out == "" {
 		*out = filepath.Join("test/lab/results", v.name)
 	}
@@ -310,6 +316,11 @@ func (l *lab) run() error {
 	if err := l.startServers(); err != nil {
 		return err
 	}
+	if v.reference {
+		if err := l.startReference(l.names); err != nil {
+			return err
+		}
+	}
 
 	if l.upOnly {
 		return l.startLocalDNS()
@@ -357,6 +368,7 @@ func (l *lab) writeData() error {
 		"cluster":  workload.Names(workload.Cluster, l.v.names, 1),
 		"external": workload.Names(workload.External, l.v.names, 2),
 	}
+	l.names = names
 	write := func(key string, pod int, queries []string) error {
 		path := filepath.Join(l.dir, fmt.Sprintf("%s-pod%d.txt", key, pod+1))
 		f, err := os.Create(path)
@@ -705,13 +717,18 @@ func (l *lab) pods(key, server string, d time.Duration, timeout time.Duration) [
 func (l *lab) latencyRounds() error {
 	type scenario struct{ name, server string }
 	scenarios := []scenario{{"centralized", topo.ServiceIP}, {"localdns", topo.ClusterListener}}
+	if l.v.reference {
+		scenarios = append(scenarios, scenario{"reference", topo.ReferenceListener})
+	}
 	pooled := map[string]*pooledPhase{}
 	for r := range l.v.rounds {
 		round := report.Round{Centralized: map[string]report.Phase{}, LocalDNS: map[string]report.Phase{}}
-		order := scenarios
-		if r%2 == 1 {
-			order = []scenario{scenarios[1], scenarios[0]}
+		if l.v.reference {
+			round.Reference = map[string]report.Phase{}
 		}
+		// Which scenario goes first rotates from round to round.
+		k := r % len(scenarios)
+		order := append(append([]scenario{}, scenarios[k:]...), scenarios[:k]...)
 		for _, sc := range order {
 			if err := l.placeCoreDNS(sc.name); err != nil {
 				return err
@@ -733,18 +750,27 @@ func (l *lab) latencyRounds() error {
 					pooled[key] = &pooledPhase{res: &perf.Result{Rcodes: map[string]int{}}}
 				}
 				pooled[key].add(p, res)
-				if sc.name == "centralized" {
+				switch sc.name {
+				case "centralized":
 					round.Centralized[c] = p
-				} else {
+				case "localdns":
 					round.LocalDNS[c] = p
+				default:
+					round.Reference[c] = p
 				}
 			}
 		}
 		l.res.Rounds = append(l.res.Rounds, round)
 	}
+	if l.v.reference {
+		l.res.Reference = map[string]report.Phase{}
+	}
 	for _, c := range report.Classes {
 		l.res.Centralized[c] = pooled["centralized/"+c].phase("centralized", c)
 		l.res.LocalDNS[c] = pooled["localdns/"+c].phase("localdns", c)
+		if l.v.reference {
+			l.res.Reference[c] = pooled["reference/"+c].phase("reference", c)
+		}
 	}
 	return nil
 }
@@ -752,13 +778,14 @@ func (l *lab) latencyRounds() error {
 // placeCoreDNS puts the CoreDNS pods on the servers' CPU for the
 // centralized scenario, where they are the servers the pods query, and on
 // the load side's CPU for the localdns scenario, where they are the rest of
-// the cluster localdns forwards to (see planPinning).
+// the cluster localdns forwards to (see planPinning), and for the reference,
+// which does not use them.
 func (l *lab) placeCoreDNS(scenario string) error {
 	if l.pin.load == "" {
 		return nil
 	}
 	cpu := l.pin.srvCPU
-	if scenario == "localdns" {
+	if scenario != "centralized" {
 		cpu = l.pin.loadCPU
 	}
 	for _, p := range l.procs.list {
