@@ -24,6 +24,7 @@ import (
 	_ "github.com/coredns/coredns/plugin/metrics"
 	_ "github.com/coredns/coredns/plugin/multisocket"
 	_ "github.com/coredns/coredns/plugin/nsid"
+	_ "github.com/coredns/coredns/plugin/pprof"
 	_ "github.com/coredns/coredns/plugin/ready"
 	_ "github.com/coredns/coredns/plugin/reload"
 	_ "github.com/coredns/coredns/plugin/template"
@@ -31,9 +32,11 @@ import (
 )
 
 // Directives is the chain order. Reasons for the places that matter:
-//   - multisocket, reload, nsid, bind, ready, health, prometheus: server
-//     set-up directives; prometheus before errors/log so every answer,
-//     including junk and cache hits, is counted.
+//   - multisocket, reload, nsid, bind, ready, health, pprof, prometheus:
+//     server set-up directives; prometheus before errors/log so every
+//     answer, including junk and cache hits, is counted. pprof is never in
+//     a rendered profile: an operator adds it to a Corefile (`localdns run
+//     --corefile`) to profile a node, as with stock CoreDNS.
 //   - frontend (ours) right after bind: it reads the bound addresses, and its
 //     startup callback must run before loop's, which reads the block's port.
 //   - errors, log: around everything that answers.
@@ -54,6 +57,7 @@ var Directives = []string{
 	"frontend",
 	"ready",
 	"health",
+	"pprof",
 	"prometheus",
 	"errors",
 	"log",
