@@ -29,9 +29,9 @@ import (
 const referenceTable = "lab_reference"
 
 // startReference starts unbound on topo.ReferenceListener in the node
-// namespace, on the servers' CPU, serving every name of names (per class)
-// as the lab's CoreDNS pods and external resolver would answer it.
-func (l *lab) startReference(names map[string][]string) error {
+// namespace, on the servers' CPU, serving every name of the workload as the
+// lab's CoreDNS pods and external resolver answer it.
+func (l *lab) startReference() error {
 	version, err := unboundVersion()
 	if err != nil {
 		return err
@@ -39,7 +39,7 @@ func (l *lab) startReference(names map[string][]string) error {
 	conf := filepath.Join(l.dir, "unbound.conf")
 	var all []string
 	for _, c := range []string{"cluster", "external"} {
-		all = append(all, workload.Every(names[c])...)
+		all = append(all, workload.Every(l.names[c])...)
 	}
 	if err := os.WriteFile(conf, []byte(unboundConf(topo.ReferenceListener, 53, l.rcvbuf, all)), 0o644); err != nil {
 		return err

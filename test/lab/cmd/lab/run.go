@@ -317,7 +317,7 @@ func (l *lab) run() error {
 		return err
 	}
 	if v.reference {
-		if err := l.startReference(l.names); err != nil {
+		if err := l.startReference(); err != nil {
 			return err
 		}
 	}
