@@ -14,14 +14,16 @@
 // logging (queryLogging: Log) is never fast-pathed; and the answer is
 // counted in localdns_fastpath_answers_total and in the cache's hit counter,
 // since CoreDNS's request counters never see it.
+//
+// The socket I/O is our own (mmsg.go): batched recvmmsg/sendmmsg as raw
+// system calls, which cost a third less CPU per query than x/net's batch
+// calls at moderate rates (see there for why and the measurements).
 package fastpath
 
 import (
 	"net"
 	"strings"
-
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
+	"syscall"
 
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/prometheus/client_golang/prometheus"
@@ -173,38 +175,26 @@ const batchSize = 32
 type Conn struct {
 	*net.UDPConn
 	table *Table
-	batch batchConn
+	raw   syscall.RawConn
 
-	in     []ipv4.Message // read batch
-	inN    int            // datagrams in the read batch
-	inNext int            // next one to look at
-	out    []ipv4.Message // answers waiting to be sent
+	in     *batch // read batch
+	inN    int    // datagrams in the read batch
+	inNext int    // next one to look at
+	out    *batch // answers waiting to be sent
 	outN   int
 }
 
-// batchConn is the recvmmsg/sendmmsg side of x/net's ipv4 and ipv6
-// packet conns (they share the Message type).
-type batchConn interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-	WriteBatch(ms []ipv4.Message, flags int) (int, error)
-}
-
-// Wrap puts the fast path in front of pc; with a nil table it returns pc.
+// Wrap puts the fast path in front of pc; with a nil table, or a socket
+// without raw access, it returns pc.
 func Wrap(pc *net.UDPConn, table *Table) net.PacketConn {
 	if table == nil {
 		return pc
 	}
-	c := &Conn{UDPConn: pc, table: table, in: make([]ipv4.Message, batchSize), out: make([]ipv4.Message, batchSize)}
-	if a, ok := pc.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
-		c.batch = ipv6.NewPacketConn(pc)
-	} else {
-		c.batch = ipv4.NewPacketConn(pc)
+	raw, err := pc.SyscallConn()
+	if err != nil {
+		return pc
 	}
-	for i := range c.in {
-		c.in[i].Buffers = [][]byte{make([]byte, 65535)}
-		c.out[i].Buffers = [][]byte{make([]byte, 65535)}
-	}
-	return c
+	return &Conn{UDPConn: pc, table: table, raw: raw, in: newBatch(batchSize, 65535), out: newBatch(batchSize, 65535)}
 }
 
 // ReadFrom implements net.PacketConn. It is called from one goroutine (the
@@ -213,43 +203,35 @@ func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
 		if c.inNext == c.inN {
 			c.flush() // answers go out before we may block
-			n, err := c.batch.ReadBatch(c.in, 0)
+			n, err := c.in.recv(c.raw)
 			if err != nil {
 				return 0, nil, err
 			}
 			c.inN, c.inNext = n, 0
 		}
-		m := &c.in[c.inNext]
+		i := c.inNext
 		c.inNext++
-		query := m.Buffers[0][:m.N]
-		out := &c.out[c.outN]
-		if n := c.table.Answer(query, false, out.Buffers[0][:cap(out.Buffers[0])]); n > 0 {
-			out.Buffers[0] = out.Buffers[0][:n]
-			out.Addr = m.Addr
+		query := c.in.payload(i)
+		if n := c.table.Answer(query, false, c.out.bufs[c.outN]); n > 0 {
+			c.out.setReply(c.outN, n, c.in, i)
 			c.outN++
-			if c.outN == len(c.out) {
+			if c.outN == batchSize {
 				c.flush()
 			}
 			continue
 		}
 		c.flush()
-		return copy(p, query), m.Addr, nil
+		addr := c.in.addr(i)
+		if addr == nil {
+			continue // not a UDP peer: nothing to answer
+		}
+		return copy(p, query), addr, nil
 	}
 }
 
-// flush sends the pending answers. An answer the kernel refuses (a full
-// send buffer) is dropped like any lost datagram; the client retries.
+// flush sends the pending answers. An answer the kernel refuses is dropped
+// like any lost datagram; the client retries.
 func (c *Conn) flush() {
-	for sent := 0; sent < c.outN; {
-		n, err := c.batch.WriteBatch(c.out[sent:c.outN], 0)
-		if err != nil || n == 0 {
-			break
-		}
-		sent += n
-	}
-	for i := 0; i < c.outN; i++ {
-		c.out[i].Buffers[0] = c.out[i].Buffers[0][:cap(c.out[i].Buffers[0])]
-		c.out[i].Addr = nil
-	}
+	c.out.send(c.raw, c.outN)
 	c.outN = 0
 }
