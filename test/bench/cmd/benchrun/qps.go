@@ -25,6 +25,10 @@ type round struct {
 	upstreamLat uint64 // and during the latency run
 	peakRSS     int64
 	cpu         usage // during the max-QPS run
+	// latCPU is the server's CPU time per answered query in the fixed-rate
+	// run: what a query costs the node when the server is not saturated,
+	// a steadier figure than the latency percentiles on a shared box.
+	latCPU time.Duration
 }
 
 func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, ps *procs) error {
@@ -62,10 +66,10 @@ func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, 
 				return fmt.Errorf("round %d, %s: %w", r+1, e.name, err)
 			}
 			results[e.name] = append(results[e.name], res)
-			fmt.Printf("round %d %-16s load %4.1f | %7.0f QPS (lost %d; cores: server %.2f = %.0fk QPS/core, dnsperf+runner %.2f, others %.2f) | at %d QPS: p50 %s p99 %s p99.9 %s (lost %d/%d) | upstream %d+%d | peak RSS %s\n",
+			fmt.Printf("round %d %-16s load %4.1f | %7.0f QPS (lost %d; cores: server %.2f = %.0fk QPS/core, dnsperf+runner %.2f, others %.2f) | at %d QPS: p50 %s p99 %s p99.9 %s (lost %d/%d), server CPU %s per query | upstream %d+%d | peak RSS %s\n",
 				r+1, e.name, load, res.qps, res.maxLost, res.cpu.server, perCore(res)/1000, res.cpu.bench, res.cpu.other,
 				cfg.rate, us(res.p50), us(res.p99), us(res.p999),
-				res.latLost, res.latSent, res.upstreamMax, res.upstreamLat, mib(res.peakRSS))
+				res.latLost, res.latSent, us(res.latCPU), res.upstreamMax, res.upstreamLat, mib(res.peakRSS))
 			if want := uint64(cfg.rate * cfg.seconds); res.latSent < want*95/100 {
 				fmt.Printf("  ^ latency run sent %d of %d queries: the client could not hold %d QPS against this server on this box\n",
 					res.latSent, want, cfg.rate)
@@ -76,12 +80,13 @@ func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, 
 	load, _ := os.ReadFile("/proc/loadavg")
 	fmt.Printf("\nloadavg at end: %s\n", load)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "engine\tQPS (median)\tQPS per round\tQPS per server core\tothers' cores\tp50\tp99\tp99.9\tpeak RSS\t\n")
+	fmt.Fprintf(tw, "engine\tQPS (median)\tQPS per round\tQPS per server core\tothers' cores\tp50\tp99\tp99.9\tCPU per query\tpeak RSS\t\n")
 	med, medPC := map[string]float64{}, map[string]float64{}
+	medCPU := map[string]time.Duration{}
 	for _, e := range engines {
 		rs := results[e.name]
 		var q, pc, oth []float64
-		var p50, p99, p999 []time.Duration
+		var p50, p99, p999, cpuq []time.Duration
 		var rss int64
 		var per []string
 		for _, x := range rs {
@@ -89,21 +94,27 @@ func qpsBench(ctx context.Context, cfg config, dir string, up *upstream.Server, 
 			pc, oth = append(pc, perCore(x)), append(oth, x.cpu.other)
 			per = append(per, strconv.FormatFloat(x.qps/1000, 'f', 1, 64)+"k")
 			p50, p99, p999 = append(p50, x.p50), append(p99, x.p99), append(p999, x.p999)
+			cpuq = append(cpuq, x.latCPU)
 			rss = max(rss, x.peakRSS)
 		}
 		med[e.name] = median(q)
 		medPC[e.name] = median(pc)
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%.0f\t%.2f\t%s\t%s\t%s\t%s\t\n", e.name, med[e.name], strings.Join(per, " "),
+		medCPU[e.name] = medianDur(cpuq)
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%.0f\t%.2f\t%s\t%s\t%s\t%s\t%s\t\n", e.name, med[e.name], strings.Join(per, " "),
 			medPC[e.name], median(oth),
-			us(medianDur(p50)), us(medianDur(p99)), us(medianDur(p999)), mib(rss))
+			us(medianDur(p50)), us(medianDur(p99)), us(medianDur(p999)), us(medCPU[e.name]), mib(rss))
 	}
 	tw.Flush()
 	fmt.Printf("(all columns: median over rounds; latency: each round's percentile at a fixed %d QPS;\n"+
-		" QPS per server core: max QPS / CPU the server used; others' cores: CPU used by processes outside the benchmark)\n", cfg.rate)
+		" QPS per server core: max QPS / CPU the server used; others' cores: CPU used by processes outside the benchmark;\n"+
+		" CPU per query: the server's CPU time per answered query at the fixed rate)\n", cfg.rate)
 	if s, l := med["stock"], med["localdns"]; s > 0 && l > 0 {
 		fmt.Printf("\nRATIO localdns/stock QPS = %.2f  (issue #3 bar: >= 1.3, target 1.6)\n", l/s)
 		if ps, pl := medPC["stock"], medPC["localdns"]; ps > 0 {
 			fmt.Printf("ratio localdns/stock QPS per server core = %.2f\n", pl/ps)
+		}
+		if cs, cl := medCPU["stock"], medCPU["localdns"]; cs > 0 && cl > 0 {
+			fmt.Printf("ratio localdns/stock CPU per query at %d QPS = %.2f\n", cfg.rate, float64(cl)/float64(cs))
 		}
 	}
 	return nil
@@ -148,6 +159,7 @@ func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream
 		return res, err
 	}
 	cpu := cpuUsage(c0, c1, time.Since(t0).Seconds())
+	t1 := time.Now()
 	lctx, cancel := timeout(cfg.seconds)
 	latRes, err := dnsperf(lctx, srv.port, append([]string{"-d", queries, "-l", strconv.Itoa(cfg.seconds),
 		"-Q", strconv.Itoa(cfg.rate), "-v"}, cfg.client...)...)
@@ -156,6 +168,15 @@ func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream
 		return res, fmt.Errorf("latency: %w", err)
 	}
 	u2 := up.Queries()
+	c2, err := takeCPU(srv.proc.pid())
+	if err != nil {
+		return res, err
+	}
+	var latCPU time.Duration
+	if answered := latRes.Sent - latRes.Lost; answered > 0 {
+		elapsed := time.Since(t1).Seconds()
+		latCPU = time.Duration(cpuUsage(c1, c2, elapsed).server * elapsed / float64(answered) * float64(time.Second))
+	}
 	st, err := procStatus(srv.proc.pid())
 	if err != nil {
 		return res, err
@@ -170,6 +191,7 @@ func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream
 		upstreamMax: u1 - u0, upstreamLat: u2 - u1,
 		peakRSS: st["VmHWM"],
 		cpu:     cpu,
+		latCPU:  latCPU,
 	}
 	if len(lat) == 0 {
 		return res, fmt.Errorf("latency run printed no per-query lines")
