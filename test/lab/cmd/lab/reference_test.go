@@ -11,6 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/localdns/localdns/internal/testbin"
 	"github.com/localdns/localdns/internal/testdns"
 	"github.com/localdns/localdns/test/lab/workload"
 )
@@ -31,35 +32,7 @@ func TestReferenceAnswersLikeTheLab(t *testing.T) {
 	for _, c := range []string{"cluster", "external"} {
 		queries = append(queries, workload.Every(names[c])...)
 	}
-	l, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.LocalAddr().(*net.UDPAddr).Port
-	l.Close()
-	conf := filepath.Join(t.TempDir(), "unbound.conf")
-	if err := os.WriteFile(conf, []byte(unboundConf("127.0.0.1", port, 1<<20, queries)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("unbound-checkconf", conf).CombinedOutput(); err != nil {
-		t.Fatalf("unbound-checkconf: %v: %s", err, out)
-	}
-	cmd := exec.Command("unbound", "-d", "-c", conf)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := testdns.Exchange("udp", addr, "svc1.default.svc.cluster.local", dns.TypeA); err == nil {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("unbound never answered: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	addr := startUnbound(t, queries)
 	for i, q := range queries {
 		if i%7 != 0 && workload.Expected(q) != dns.RcodeSuccess {
 			continue // every NOERROR name, a sample of the NXDOMAIN ones
@@ -70,6 +43,58 @@ func TestReferenceAnswersLikeTheLab(t *testing.T) {
 		}
 		if r.Rcode == dns.RcodeSuccess && len(r.Answer) != 1 {
 			t.Fatalf("%s: %d answers, want 1", q, len(r.Answer))
+		}
+	}
+}
+
+// startUnbound runs unbound with the reference's configuration on a free
+// loopback port and returns its address once it answers. A port another
+// test took between the check and unbound's bind (unbound binds UDP and
+// TCP) makes it exit at once; then it tries another port.
+func startUnbound(t *testing.T, queries []string) string {
+	t.Helper()
+	for try := 0; ; try++ {
+		port := testbin.FreePorts(t, 1)[0]
+		conf := filepath.Join(t.TempDir(), "unbound.conf")
+		if err := os.WriteFile(conf, []byte(unboundConf("127.0.0.1", port, 1<<20, queries)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if try == 0 {
+			if out, err := exec.Command("unbound-checkconf", conf).CombinedOutput(); err != nil {
+				t.Fatalf("unbound-checkconf: %v: %s", err, out)
+			}
+		}
+		cmd := exec.Command("unbound", "-d", "-c", conf)
+		var log testbin.Log
+		cmd.Stdout, cmd.Stderr = &log, &log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := testdns.Exchange("udp", addr, "svc1.default.svc.cluster.local", dns.TypeA)
+			if err == nil {
+				return addr
+			}
+			select {
+			case <-exited:
+				if try < 3 {
+					t.Logf("unbound exited on port %d, trying another: %s", port, log.String())
+				} else {
+					t.Fatalf("unbound exited: %s", log.String())
+				}
+			default:
+				if time.Now().After(deadline) {
+					t.Fatalf("unbound never answered: %v; log: %s", err, log.String())
+				}
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			break
 		}
 	}
 }
