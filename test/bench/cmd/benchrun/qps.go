@@ -159,7 +159,6 @@ func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream
 		return res, err
 	}
 	cpu := cpuUsage(c0, c1, time.Since(t0).Seconds())
-	t1 := time.Now()
 	lctx, cancel := timeout(cfg.seconds)
 	latRes, err := dnsperf(lctx, srv.port, append([]string{"-d", queries, "-l", strconv.Itoa(cfg.seconds),
 		"-Q", strconv.Itoa(cfg.rate), "-v"}, cfg.client...)...)
@@ -173,9 +172,8 @@ func qpsRound(ctx context.Context, cfg config, dir, queries string, up *upstream
 		return res, err
 	}
 	var latCPU time.Duration
-	if answered := latRes.Sent - latRes.Lost; answered > 0 {
-		elapsed := time.Since(t1).Seconds()
-		latCPU = time.Duration(cpuUsage(c1, c2, elapsed).server * elapsed / float64(answered) * float64(time.Second))
+	if answered := latRes.Sent - latRes.Lost; answered > 0 && c2.server >= c1.server {
+		latCPU = time.Duration(float64(c2.server-c1.server) / clkTck / float64(answered) * float64(time.Second))
 	}
 	st, err := procStatus(srv.proc.pid())
 	if err != nil {
