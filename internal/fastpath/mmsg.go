@@ -44,6 +44,10 @@ type batch struct {
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6 // room for either family's address
 	bufs  [][]byte
+	// filled is how many headers the last recvmmsg wrote to: only their
+	// name lengths need resetting before the next one (the kernel leaves
+	// the iovecs as they are).
+	filled int
 }
 
 func newBatch(n, size int) *batch {
@@ -58,6 +62,7 @@ func newBatch(n, size int) *batch {
 		b.iovs[i].Base = &b.bufs[i][0]
 		b.iovs[i].SetLen(size)
 		b.hdrs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		b.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
 		b.hdrs[i].hdr.Iov = &b.iovs[i]
 		b.hdrs[i].hdr.SetIovlen(1)
 	}
@@ -70,11 +75,10 @@ func (b *batch) payload(i int) []byte { return b.bufs[i][:b.hdrs[i].n] }
 // recv reads up to len(b.hdrs) datagrams, waiting in the poller while there
 // is none. It returns how many arrived.
 func (b *batch) recv(rc syscall.RawConn) (int, error) {
-	for i := range b.hdrs {
+	for i := range b.filled {
 		b.hdrs[i].hdr.Namelen = unix.SizeofSockaddrInet6
-		b.hdrs[i].hdr.Flags = 0
-		b.iovs[i].SetLen(len(b.bufs[i]))
 	}
+	b.filled = 0
 	var n int
 	var errno syscall.Errno
 	err := rc.Read(func(fd uintptr) bool {
@@ -96,6 +100,7 @@ func (b *batch) recv(rc syscall.RawConn) (int, error) {
 	if errno != 0 {
 		return 0, os.NewSyscallError("recvmmsg", errno)
 	}
+	b.filled = n
 	return n, nil
 }
 
