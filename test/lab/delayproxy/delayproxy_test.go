@@ -80,20 +80,28 @@ func startProxy(t *testing.T, up string, d Delay) (*Proxy, string) {
 	return p, ln.LocalAddr().String()
 }
 
+// ask sends query number i through the proxy at addr and returns the
+// query, the reply and the round trip.
+func ask(t *testing.T, addr string, i int) (q, r *dns.Msg, rtt time.Duration) {
+	t.Helper()
+	c := &dns.Client{Timeout: 2 * time.Second}
+	q = new(dns.Msg)
+	q.SetQuestion(fmt.Sprintf("q%d.example.", i), dns.TypeA)
+	r, rtt, err := c.Exchange(q, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q, r, rtt
+}
+
 // TestProxyHoldPrecision checks the actual hold of a 1 ms hop: the proxy
 // measures it itself, and the client sees the same.
 func TestProxyHoldPrecision(t *testing.T) {
 	up := echoServer(t)
 	p, addr := startProxy(t, up, Delay{Base: time.Millisecond})
-	c := &dns.Client{Timeout: 2 * time.Second}
 	var rtts Histogram
 	for i := range 300 {
-		m := new(dns.Msg)
-		m.SetQuestion(fmt.Sprintf("q%d.example.", i), dns.TypeA)
-		_, rtt, err := c.Exchange(m, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, _, rtt := ask(t, addr, i)
 		if rtt < time.Millisecond {
 			t.Fatalf("answered in %v, before the 1ms hold", rtt)
 		}
@@ -112,14 +120,8 @@ func TestProxyHoldPrecision(t *testing.T) {
 func TestProxyZeroDelay(t *testing.T) {
 	up := echoServer(t)
 	p, addr := startProxy(t, up, Delay{})
-	c := &dns.Client{Timeout: 2 * time.Second}
 	for i := range 50 {
-		m := new(dns.Msg)
-		m.SetQuestion(fmt.Sprintf("q%d.example.", i), dns.TypeA)
-		r, _, err := c.Exchange(m, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		m, r, _ := ask(t, addr, i)
 		if r.Id != m.Id {
 			t.Fatalf("reply id %d, want %d", r.Id, m.Id)
 		}
