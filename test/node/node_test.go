@@ -132,6 +132,16 @@ func newPod(t *testing.T, node string) string {
 	run(t, "ip", "-n", pod, "addr", "add", podIP+"/24", "dev", "eth0")
 	run(t, "ip", "-n", pod, "link", "set", "eth0", "up")
 	run(t, "ip", "-n", pod, "route", "add", "default", "via", nodeVethIP)
+	// The kernel raises the carrier of a veth asynchronously once both ends
+	// are up; a node snapshot taken before it settles differs from every
+	// later one ("NO-CARRIER ... state DOWN").
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(run(t, "ip", "-n", node, "link", "show", "vpod"), "state UP") {
+		if time.Now().After(deadline) {
+			t.Fatalf("veth vpod in %s not up within 5s: %s", node, run(t, "ip", "-n", node, "link", "show", "vpod"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	return pod
 }
 
