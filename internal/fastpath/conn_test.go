@@ -4,6 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -27,12 +31,17 @@ func (echoCache) AnswerWire(query []byte, tcp bool, out []byte) int {
 // serveConn runs the server side as CoreDNS's read loop does: every query
 // the fast path returns is answered with WriteTo, marked 0x5e.
 func serveConn(t *testing.T, network, addr string) (*Conn, string) {
+	return serveConnObserved(t, network, addr, nil)
+}
+
+// serveConnObserved is serveConn with obs told of the hits of "fast.".
+func serveConnObserved(t *testing.T, network, addr string, obs HitObserver) (*Conn, string) {
 	t.Helper()
 	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
 		t.Skipf("no %s socket on %s: %v", network, addr, err)
 	}
-	tab := &Table{zones: map[string]WireAnswerer{"fast.": echoCache{}, ".": nil}, counter: answers.WithLabelValues("test")}
+	tab := &Table{zones: map[string]zone{"fast.": {echoCache{}, obs}, ".": {}}, counter: answers.WithLabelValues("test")}
 	c, ok := Wrap(pc.(*net.UDPConn), tab).(*Conn)
 	if !ok {
 		t.Fatal("Wrap did not put the fast path in front")
@@ -174,6 +183,62 @@ func TestSendSkipsRefusedDatagram(t *testing.T) {
 	}
 }
 
+// hitLog is a HitObserver that keeps what it is told.
+type hitLog struct {
+	mu   sync.Mutex
+	hits []string // "client name rcode"
+}
+
+func (l *hitLog) ObserveHit(client netip.Addr, name []byte, rcode int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.hits = append(l.hits, fmt.Sprintf("%s %s %d", client, name, rcode))
+}
+
+func (l *hitLog) snapshot() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.hits)
+}
+
+// TestConnReportsHitsWithClientAddress: every answer the fast path sends is
+// reported to the block's observer with the client's address and the
+// lower-cased name; misses are not (the plugin chain accounts for those).
+func TestConnReportsHitsWithClientAddress(t *testing.T) {
+	for _, tc := range []struct{ network, addr string }{{"udp4", "127.0.0.1:0"}, {"udp6", "[::1]:0"}} {
+		t.Run(tc.network, func(t *testing.T) {
+			log := &hitLog{}
+			_, server := serveConnObserved(t, tc.network, tc.addr, log)
+			c, err := net.Dial(tc.network, server)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			client := c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
+			var want []string
+			buf := make([]byte, 512)
+			for i, name := range []string{"A.Fast.", "slow.", "b.fast."} {
+				m := new(dns.Msg)
+				m.SetQuestion(name, dns.TypeA)
+				b, _ := m.Pack()
+				if _, err := c.Write(b); err != nil {
+					t.Fatal(err)
+				}
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Read(buf); err != nil {
+					t.Fatalf("query %d: %v", i, err)
+				}
+				if name != "slow." {
+					want = append(want, fmt.Sprintf("%s %s 0", client, strings.ToLower(name)))
+				}
+			}
+			if got := log.snapshot(); !slices.Equal(got, want) {
+				t.Fatalf("observed %q, want %q", got, want)
+			}
+		})
+	}
+}
+
 // TestReadFromAfterClose: closing the socket (a server shutting down) ends
 // the read loop with net.ErrClosed, as with a plain UDPConn.
 func TestReadFromAfterClose(t *testing.T) {
@@ -181,7 +246,7 @@ func TestReadFromAfterClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := Wrap(pc, &Table{zones: map[string]WireAnswerer{".": echoCache{}}, counter: answers.WithLabelValues("test")})
+	c := Wrap(pc, &Table{zones: map[string]zone{".": {wa: echoCache{}}}, counter: answers.WithLabelValues("test")})
 	errc := make(chan error, 1)
 	go func() {
 		_, _, err := c.ReadFrom(make([]byte, 512))

@@ -22,6 +22,7 @@ package fastpath
 
 import (
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 
@@ -38,6 +39,14 @@ type WireAnswerer interface {
 	AnswerWire(query []byte, tcp bool, out []byte) int
 }
 
+// HitObserver is implemented by a plugin that accounts queries per client
+// (plugin/clientbudget): it is told of every answer the fast path sends,
+// which the plugin chain never sees. ObserveHit must be cheap and must not
+// keep name, which is reused.
+type HitObserver interface {
+	ObserveHit(client netip.Addr, name []byte, rcode int)
+}
+
 // answers counts queries answered here; CoreDNS's request counters do not
 // see them. Package-level like every CoreDNS plugin's metrics.
 var answers = promauto.NewCounterVec(prometheus.CounterOpts{
@@ -50,26 +59,34 @@ var answers = promauto.NewCounterVec(prometheus.CounterOpts{
 // Table maps the zones served on one listener address to the cache that
 // answers for each.
 type Table struct {
-	zones   map[string]WireAnswerer // lower-case, trailing dot; nil: never fast-path
+	zones   map[string]zone // lower-case, trailing dot
 	maxDots int
 	counter prometheus.Counter
+}
+
+// zone is one block's cache, nil when the block is never fast-pathed, and
+// the observer its answers are reported to, if any.
+type zone struct {
+	wa  WireAnswerer
+	obs HitObserver
 }
 
 // NewTable builds the table for the server blocks served on addr. It returns
 // nil when no block can be fast-pathed.
 func NewTable(addr string, configs []*dnsserver.Config) *Table {
-	t := &Table{zones: map[string]WireAnswerer{}, counter: answers.WithLabelValues("dns://" + addr)}
+	t := &Table{zones: map[string]zone{}, counter: answers.WithLabelValues("dns://" + addr)}
 	any := false
 	for _, cfg := range configs {
-		zone := strings.ToLower(cfg.Zone)
-		var wa WireAnswerer
+		name := strings.ToLower(cfg.Zone)
+		var z zone
 		if cfg.Handler("log") == nil {
 			if h, ok := cfg.Handler("nodecache").(WireAnswerer); ok {
-				wa, any = h, true
+				z.wa, any = h, true
 			}
 		}
-		t.zones[zone] = wa
-		if n := strings.Count(zone, "."); n > t.maxDots {
+		z.obs, _ = cfg.Handler("clientbudget").(HitObserver)
+		t.zones[name] = z
+		if n := strings.Count(name, "."); n > t.maxDots {
 			t.maxDots = n
 		}
 	}
@@ -81,27 +98,36 @@ func NewTable(addr string, configs []*dnsserver.Config) *Table {
 
 // Answer writes the answer to query into out and returns its length, or 0.
 func (t *Table) Answer(query []byte, tcp bool, out []byte) int {
+	return t.AnswerFrom(query, tcp, out, netip.Addr{})
+}
+
+// AnswerFrom is Answer for a query from client, which the block's
+// HitObserver (if any) is told of when the query is answered.
+func (t *Table) AnswerFrom(query []byte, tcp bool, out []byte, client netip.Addr) int {
 	var name [256]byte
 	n, ok := lowerQName(query, name[:])
 	if !ok {
 		return 0
 	}
-	wa := t.match(name[:n])
-	if wa == nil {
+	z := t.match(name[:n])
+	if z.wa == nil {
 		return 0
 	}
-	m := wa.AnswerWire(query, tcp, out)
+	m := z.wa.AnswerWire(query, tcp, out)
 	if m > 0 {
 		t.counter.Inc()
+		if z.obs != nil && m >= 4 {
+			z.obs.ObserveHit(client, name[:n], int(out[3]&0x0F))
+		}
 	}
 	return m
 }
 
 // match finds the block of the longest zone that name ("a.b.c.") is in.
-func (t *Table) match(name []byte) WireAnswerer {
+func (t *Table) match(name []byte) zone {
 	for i := 0; i < len(name); {
-		if wa, ok := t.zones[string(name[i:])]; ok {
-			return wa
+		if z, ok := t.zones[string(name[i:])]; ok {
+			return z
 		}
 		j := indexByte(name[i:], '.')
 		if j < 0 {
@@ -212,7 +238,7 @@ func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 		i := c.inNext
 		c.inNext++
 		query := c.in.payload(i)
-		if n := c.table.Answer(query, false, c.out.bufs[c.outN]); n > 0 {
+		if n := c.table.AnswerFrom(query, false, c.out.bufs[c.outN], c.in.client(i)); n > 0 {
 			c.out.setReply(c.outN, n, c.in, i)
 			c.outN++
 			if c.outN == batchSize {

@@ -56,10 +56,10 @@ func TestLowerQName(t *testing.T) {
 
 func TestTableMatchesLongestZone(t *testing.T) {
 	root, cluster := &fakeCache{"root"}, &fakeCache{"cluster"}
-	tab := &Table{zones: map[string]WireAnswerer{
-		".":              root,
-		"cluster.local.": cluster,
-		"probe.local.":   nil, // a block without cache: never fast-path
+	tab := &Table{zones: map[string]zone{
+		".":              {wa: root},
+		"cluster.local.": {wa: cluster},
+		"probe.local.":   {}, // a block without cache: never fast-path
 	}, counter: answers.WithLabelValues("test")}
 	out := make([]byte, 64)
 	for _, c := range []struct{ name, want string }{

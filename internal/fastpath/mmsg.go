@@ -2,6 +2,7 @@ package fastpath
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"syscall"
@@ -160,6 +161,19 @@ func (b *batch) addr(i int) *net.UDPAddr {
 		return a
 	}
 	return nil
+}
+
+// client is datagram i's peer address (IPv4-mapped addresses unmapped),
+// without allocating; the zero Addr for another family.
+func (b *batch) client(i int) netip.Addr {
+	sa := &b.names[i]
+	switch sa.Family {
+	case unix.AF_INET:
+		return netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(sa)).Addr)
+	case unix.AF_INET6:
+		return netip.AddrFrom16(sa.Addr).Unmap()
+	}
+	return netip.Addr{}
 }
 
 // netPort reads a port the kernel stored in network byte order.
