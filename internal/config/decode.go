@@ -70,6 +70,9 @@ func Parse(data []byte) (*Profile, error) {
 	d := &decoder{written: map[string]string{}}
 	p := Default()
 	d.profile(p, root)
+	if !d.maxMemorySet {
+		p.Cache.MaxMemory = CacheBudget(p.MemoryLimitInMB)
+	}
 	for _, vp := range p.validate() {
 		vp.Path = d.rewrite(vp.Path)
 		d.problems = append(d.problems, vp)
@@ -111,6 +114,9 @@ type decoder struct {
 	// normalised zones) to the spelling of the document, so that a problem
 	// found after decoding names the field as the user wrote it.
 	written map[string]string
+	// maxMemorySet records that cache.maxMemory was given; otherwise the
+	// budget is derived from memoryLimitInMB.
+	maxMemorySet bool
 }
 
 // rewrite returns path with its longest known canonical prefix replaced by
@@ -266,6 +272,12 @@ func (d *decoder) profile(p *Profile, root any) {
 				"statedir":     func(path string, v any) { p.Network.StateDir = d.absPath(path, v, p.Network.StateDir) },
 			})
 		},
+		"cpulimitinmillicores": func(path string, v any) {
+			p.CPULimitInMilliCores = d.int(path, v, p.CPULimitInMilliCores, MinCPULimitInMilliCores, MaxCPULimitInMilliCores)
+		},
+		"memorylimitinmb": func(path string, v any) {
+			p.MemoryLimitInMB = d.int(path, v, p.MemoryLimitInMB, MinMemoryLimitInMB, MaxMemoryLimitInMB)
+		},
 		"metrics": func(path string, v any) { p.Metrics = d.hostPort(path, v, p.Metrics) },
 		"health":  func(path string, v any) { p.Health = d.hostPort(path, v, p.Health) },
 		"hostresolver": func(path string, v any) {
@@ -286,7 +298,10 @@ func (d *decoder) profile(p *Profile, root any) {
 				"engine": func(path string, v any) {
 					p.Cache.Engine = CacheEngine(d.enum(path, v, string(p.Cache.Engine), CacheEngineLocalDNS, CacheEngineCoreDNS))
 				},
-				"maxmemory": func(path string, v any) { p.Cache.MaxMemory = d.bytes(path, v, p.Cache.MaxMemory) },
+				"maxmemory": func(path string, v any) {
+					p.Cache.MaxMemory = d.bytes(path, v, p.Cache.MaxMemory)
+					d.maxMemorySet = true
+				},
 				"snapshot": func(path string, v any) {
 					s, ok := v.(string)
 					if v != nil && !ok {

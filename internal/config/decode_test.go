@@ -211,6 +211,8 @@ network:
   manage: false
   reconcileInterval: 2m
 metrics: "[::1]:9999"
+cpuLimitInMilliCores: 1500
+memoryLimitInMB: 1600
 cache:
   engine: coredns
   maxMemory: 1Gi
@@ -239,6 +241,9 @@ kubeDNSOverrides:
 	}
 	if p.Metrics != "[::1]:9999" {
 		t.Errorf("metrics %q", p.Metrics)
+	}
+	if p.CPULimitInMilliCores != 1500 || p.MemoryLimitInMB != 1600 {
+		t.Errorf("cpuLimitInMilliCores %d memoryLimitInMB %d", p.CPULimitInMilliCores, p.MemoryLimitInMB)
 	}
 	if p.Cache != (Cache{Engine: CacheEngineCoreDNS, MaxMemory: 1 << 30}) {
 		t.Errorf("cache %+v", p.Cache)

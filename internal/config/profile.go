@@ -137,6 +137,13 @@ type Profile struct {
 
 	Cache Cache
 
+	// CPULimitInMilliCores and MemoryLimitInMB are AKS's node-level limits
+	// for localdns: the slice's CPUQuota and MemoryMax (see resources.go).
+	// The Go memory limit and, unless cache.maxMemory is given, the cache
+	// budget follow MemoryLimitInMB.
+	CPULimitInMilliCores int
+	MemoryLimitInMB      int
+
 	// JunkKubernetesSchema answers NXDOMAIN locally for names under the
 	// cluster domain that the Kubernetes DNS schema cannot produce (opt-in:
 	// wrong for clusters whose CoreDNS serves other names there).
@@ -178,7 +185,9 @@ type HostResolver struct {
 // Cache holds the process-wide cache settings.
 type Cache struct {
 	Engine CacheEngine
-	// MaxMemory is the byte budget of the whole cache, all listeners and zones.
+	// MaxMemory is the byte budget of the whole cache, all listeners and
+	// zones. Parse derives it from MemoryLimitInMB (CacheBudget) unless the
+	// profile gives it.
 	MaxMemory int64
 	// Snapshot is where the cache is persisted across restarts; empty disables.
 	Snapshot string
@@ -194,7 +203,6 @@ const (
 	DefaultReadyPort         = 8181
 	DefaultMetrics           = "127.0.0.1:9253"
 	DefaultHealth            = "127.0.0.1:9254"
-	DefaultMaxMemory         = 64 << 20
 	DefaultSnapshot          = "/var/lib/localdns/cache.snapshot"
 	DefaultReconcileInterval = 30 * time.Second
 	DefaultLinkName          = "localdns"
@@ -241,6 +249,9 @@ func Default() *Profile {
 		Metrics: DefaultMetrics,
 		Health:  DefaultHealth,
 		Cache:   Cache{Engine: CacheEngineLocalDNS, MaxMemory: DefaultMaxMemory, Snapshot: DefaultSnapshot},
+
+		CPULimitInMilliCores: DefaultCPULimitInMilliCores,
+		MemoryLimitInMB:      DefaultMemoryLimitInMB,
 		VnetDNSOverrides: map[string]Override{
 			".":              vnetRoot,
 			"cluster.local.": DefaultOverride(),

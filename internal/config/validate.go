@@ -88,6 +88,16 @@ func (p *Profile) validate() Problems {
 	if p.Cache.Engine == CacheEngineLocalDNS && p.Cache.MaxMemory < 1<<20 {
 		add("cache.maxMemory", fmt.Sprint(p.Cache.MaxMemory), "must be at least 1Mi")
 	}
+	if p.CPULimitInMilliCores < MinCPULimitInMilliCores || p.CPULimitInMilliCores > MaxCPULimitInMilliCores {
+		add("cpuLimitInMilliCores", fmt.Sprint(p.CPULimitInMilliCores), "must be between %d and %d", MinCPULimitInMilliCores, MaxCPULimitInMilliCores)
+	}
+	if p.MemoryLimitInMB < MinMemoryLimitInMB || p.MemoryLimitInMB > MaxMemoryLimitInMB {
+		add("memoryLimitInMB", fmt.Sprint(p.MemoryLimitInMB), "must be between %d and %d", MinMemoryLimitInMB, MaxMemoryLimitInMB)
+	} else if fit := CacheBudget(p.MemoryLimitInMB); p.Cache.MaxMemory > fit {
+		add("cache.maxMemory", fmt.Sprintf("%dMi", p.Cache.MaxMemory>>20),
+			"does not fit in memoryLimitInMB %d (at most %dMi there): raise memoryLimitInMB to %d, or leave cache.maxMemory out to derive it",
+			p.MemoryLimitInMB, fit>>20, MemoryLimitInMBFor(p.Cache.MaxMemory))
+	}
 	if p.Cache.Snapshot != "" && !strings.HasPrefix(p.Cache.Snapshot, "/") {
 		add("cache.snapshot", p.Cache.Snapshot, "must be an absolute path")
 	}

@@ -208,7 +208,7 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := d.start(); err != nil {
 		return nil, d.abort(err)
 	}
-	setMemoryLimit(d.log)
+	setMemoryLimit(d.log, p)
 	for _, s := range set.Release() {
 		d.log.Warn("socket passed by systemd matches no listener", "socket", s.String())
 	}

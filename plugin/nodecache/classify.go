@@ -104,7 +104,6 @@ func entryFromWire(wire []byte, ns Namespace, flags uint8, stored int64, ttl, st
 		ttl:     ttl,
 		stale:   stale,
 	}
-	e.key = keyOf(ns, flags, e.qtype, e.qclass, e.name)
 	e.size = int64(cap(wire) + 2*cap(p.ttlOffs) + entryOverhead)
 	return e, ""
 }

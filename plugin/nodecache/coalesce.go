@@ -27,13 +27,37 @@ func (r *result) failed() bool {
 	return false
 }
 
+// flightKey is the full cache key of an upstream query: concurrent misses
+// share an answer only when all of it is equal. It is not a hash, which a
+// client could make collide; Go's maps hash it with a per-map random seed.
+type flightKey struct {
+	ns            Namespace
+	flags         uint8
+	qtype, qclass uint16
+	name          string // lower-cased wire name
+}
+
+func makeFlightKey(ns Namespace, flags uint8, qtype, qclass uint16, name []byte) flightKey {
+	var b [maxNameWire]byte
+	n := copy(b[:], name)
+	for i := range n {
+		b[i] = lower(b[i])
+	}
+	return flightKey{ns: ns, flags: flags, qtype: qtype, qclass: qclass, name: string(b[:n])}
+}
+
+// flightKey returns the key under which a refresh of e is coalesced.
+func (e *entry) flightKey() flightKey {
+	return makeFlightKey(e.ns, e.flags, e.qtype, e.qclass, e.name)
+}
+
 // flightGroup coalesces concurrent upstream queries for one key: the first
 // caller runs fn, the others wait for its result. plugin/pkg/singleflight
 // does the same but does not tell a caller whether it waited, which the
 // coalesced-misses metric needs.
 type flightGroup struct {
 	mu    sync.Mutex
-	calls map[uint64]*flight
+	calls map[flightKey]*flight
 }
 
 type flight struct {
@@ -43,10 +67,10 @@ type flight struct {
 
 // do runs fn once per key at a time. shared is true for callers that
 // waited for another caller's fn.
-func (g *flightGroup) do(key uint64, fn func() result) (res result, shared bool) {
+func (g *flightGroup) do(key flightKey, fn func() result) (res result, shared bool) {
 	g.mu.Lock()
 	if g.calls == nil {
-		g.calls = make(map[uint64]*flight)
+		g.calls = make(map[flightKey]*flight)
 	}
 	if f, ok := g.calls[key]; ok {
 		g.mu.Unlock()

@@ -43,7 +43,7 @@ func (h *Nodecache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	s := h.store
 	now := s.now()
 	flags := queryFlags(q.do, q.cd)
-	key := keyOf(h.ns, flags, q.qtype, q.qclass, q.wireName())
+	key := s.keys.keyOf(h.ns, flags, q.qtype, q.qclass, q.wireName())
 	c := h.counters(metrics.WithServer(ctx))
 
 	if e := s.get(key, h.ns, flags, q.qtype, q.qclass, q.wireName()); e != nil {
@@ -60,7 +60,7 @@ func (h *Nodecache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 			return writeEntry(w, e, &q, staleTTL, true, proto)
 		case stale && h.pol.mode == staleVerify:
 			if !h.recheckPending(e) {
-				if res, ok := h.verify(ctx, w, r, &q, key, e, c); ok {
+				if res, ok := h.verify(ctx, w, r, &q, e, c); ok {
 					return h.writeResult(w, r, &q, res, proto)
 				}
 			}
@@ -72,7 +72,8 @@ func (h *Nodecache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 	}
 
 	c.misses.Inc()
-	res, shared := s.flight.do(key, func() result {
+	fk := makeFlightKey(h.ns, flags, q.qtype, q.qclass, q.wireName())
+	res, shared := s.flight.do(fk, func() result {
 		return h.exchange(ctx, w.RemoteAddr(), w.LocalAddr(), upstreamQuery(r, &q), &q)
 	})
 	if shared {
@@ -208,14 +209,14 @@ func (h *Nodecache) exchange(ctx context.Context, remote, local net.Addr, up *dn
 // verify asks upstream for a stale entry and waits at most verify_timeout.
 // It reports the result when it is usable; the exchange goes on in the
 // background either way and stores whatever it gets.
-func (h *Nodecache) verify(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, q *query, key uint64, e *entry, c *counters) (result, bool) {
+func (h *Nodecache) verify(ctx context.Context, w dns.ResponseWriter, r *dns.Msg, q *query, e *entry, c *counters) (result, bool) {
 	done := make(chan result, 1)
 	bg := context.WithoutCancel(ctx)
 	up := upstreamQuery(r, q)
 	qc := *q
 	remote, local := w.RemoteAddr(), w.LocalAddr()
 	go func() {
-		res, _ := h.store.flight.do(key, func() result { return h.exchange(bg, remote, local, up, &qc) })
+		res, _ := h.store.flight.do(e.flightKey(), func() result { return h.exchange(bg, remote, local, up, &qc) })
 		if res.failed() {
 			h.refreshFailed(e, c)
 		}

@@ -1,7 +1,9 @@
 package nodecache
 
 import (
+	"encoding/binary"
 	"hash/fnv"
+	"hash/maphash"
 	"strings"
 )
 
@@ -31,33 +33,36 @@ const (
 	flagCD = 1 << 1
 )
 
-const (
-	fnvOffset = 14695981039346656037
-	fnvPrime  = 1099511628211
-)
+// keyHasher hashes cache keys with a seed drawn once per process
+// (hash/maphash), so that nobody who only sends queries can choose names
+// that land in one shard's bucket or share one key: with a fixed hash such
+// as FNV, colliding names are cheap to compute offline. A hash only picks the
+// bucket; the store compares the full key before it answers, and coalescing
+// compares it before it shares an upstream answer.
+type keyHasher struct {
+	seed maphash.Seed
+	// fixed makes every key hash to 0 (tests: collisions on demand).
+	fixed bool
+}
 
-// keyOf hashes (namespace, DO, CD, type, class, lower-cased wire name) with
-// FNV-1a, without allocating. Collisions are harmless: the store compares the
-// full key before it answers.
-func keyOf(ns Namespace, flags uint8, qtype, qclass uint16, name []byte) uint64 {
-	h := uint64(fnvOffset)
-	mix := func(b byte) {
-		h ^= uint64(b)
-		h *= fnvPrime
+func newKeyHasher() keyHasher { return keyHasher{seed: maphash.MakeSeed()} }
+
+// keyOf hashes (namespace, DO, CD, type, class, lower-cased wire name)
+// without allocating.
+func (k *keyHasher) keyOf(ns Namespace, flags uint8, qtype, qclass uint16, name []byte) uint64 {
+	var b [9 + maxNameWire]byte
+	binary.BigEndian.PutUint32(b[0:], uint32(ns))
+	b[4] = flags
+	binary.BigEndian.PutUint16(b[5:], qtype)
+	binary.BigEndian.PutUint16(b[7:], qclass)
+	name = name[:min(len(name), maxNameWire)]
+	for i, c := range name {
+		b[9+i] = lower(c)
 	}
-	mix(byte(ns >> 24))
-	mix(byte(ns >> 16))
-	mix(byte(ns >> 8))
-	mix(byte(ns))
-	mix(flags)
-	mix(byte(qtype >> 8))
-	mix(byte(qtype))
-	mix(byte(qclass >> 8))
-	mix(byte(qclass))
-	for _, c := range name {
-		mix(lower(c))
+	if k.fixed {
+		return 0
 	}
-	return h
+	return maphash.Bytes(k.seed, b[:9+len(name)])
 }
 
 func lower(c byte) byte {

@@ -96,9 +96,10 @@ func (h *Nodecache) refresh(ctx context.Context, e *entry, proto Proto) result {
 	if proto == TCP {
 		remote = bgTCPAddr
 	}
-	res, _ := h.store.flight.do(e.key, func() result { return h.exchange(ctx, remote, bgUDPAddr, up, &q) })
+	fk := e.flightKey()
+	res, _ := h.store.flight.do(fk, func() result { return h.exchange(ctx, remote, bgUDPAddr, up, &q) })
 	if res.msg != nil && res.msg.Truncated && proto == UDP {
-		res, _ = h.store.flight.do(e.key, func() result { return h.exchange(ctx, bgTCPAddr, bgTCPAddr, up, &q) })
+		res, _ = h.store.flight.do(fk, func() result { return h.exchange(ctx, bgTCPAddr, bgTCPAddr, up, &q) })
 	}
 	return res
 }

@@ -37,6 +37,7 @@ type Store struct {
 	evictions  atomic.Uint64
 
 	flight flightGroup
+	keys   keyHasher // per-process seed: buckets cannot be steered
 
 	// refreshes bounds the background refreshes and prefetches in flight.
 	// When many entries expire together (names cached at the same moment,
@@ -73,7 +74,7 @@ type shard struct {
 
 // NewStore returns an empty store that keeps at most budget bytes.
 func NewStore(budget int64) *Store {
-	s := &Store{clock: time.Now, refreshes: make(chan struct{}, maxRefreshes)}
+	s := &Store{clock: time.Now, refreshes: make(chan struct{}, maxRefreshes), keys: newKeyHasher()}
 	for i := range s.shards {
 		s.shards[i].m = make(map[uint64]*entry)
 	}
@@ -140,6 +141,7 @@ func (s *Store) peek(key uint64) *entry {
 // inherits the old entry's queue and frequency: a refreshed hot name stays
 // hot. It reports whether e was admitted (it may be too large).
 func (s *Store) put(e *entry) bool {
+	e.key = s.keys.keyOf(e.ns, e.flags, e.qtype, e.qclass, e.name)
 	sh := s.shardOf(e.key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()

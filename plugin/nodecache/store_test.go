@@ -36,7 +36,7 @@ func testEntry(t testing.TB, ns Namespace, name string, ttl uint32, now time.Tim
 func lookup(s *Store, ns Namespace, name string) *entry {
 	var nb [maxNameWire]byte
 	n, _ := dns.PackDomainName(name, nb[:], 0, nil, false)
-	key := keyOf(ns, 0, dns.TypeA, dns.ClassINET, nb[:n])
+	key := s.keys.keyOf(ns, 0, dns.TypeA, dns.ClassINET, nb[:n])
 	return s.get(key, ns, 0, dns.TypeA, dns.ClassINET, nb[:n])
 }
 

@@ -41,7 +41,7 @@ func (s *Store) ServeWire(ns Namespace, msg []byte, proto Proto, now time.Time, 
 		return 0, Miss
 	}
 	flags := queryFlags(q.do, q.cd)
-	key := keyOf(ns, flags, q.qtype, q.qclass, q.wireName())
+	key := s.keys.keyOf(ns, flags, q.qtype, q.qclass, q.wireName())
 	e := s.get(key, ns, flags, q.qtype, q.qclass, q.wireName())
 	if e == nil {
 		return 0, Miss

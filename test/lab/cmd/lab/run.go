@@ -554,6 +554,7 @@ clusterDNS: [%s]
 vnetDNS: [%s]
 network: {manage: true, stateDir: %s}
 metrics: 127.0.0.1:9253
+memoryLimitInMB: 192
 cache: {maxMemory: 64Mi, snapshot: %s}
 `, topo.NodeListener, topo.ClusterListener, topo.ServiceIP, topo.AzureDNSIP, filepath.Join(l.dir, "state"), filepath.Join(l.dir, "cache.snapshot"))
 }
