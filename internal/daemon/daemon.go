@@ -151,6 +151,23 @@ const startProbeTimeout = 15 * time.Second
 // ErrDisabled is returned by Start when the profile's mode is Disabled.
 var ErrDisabled = errors.New("mode is Disabled")
 
+// ErrStopped is returned by Start when its context ended (a SIGTERM during
+// start-up) before it finished; what it had started is stopped again.
+var ErrStopped = errors.New("stopped during start-up")
+
+// stopTimeout bounds the stop sequence (drain, the servers' grace time, the
+// snapshot). It is below localdns.service's TimeoutStopSec (30 s), so
+// localdns exits on its own, saying why, before systemd's SIGKILL.
+const stopTimeout = 20 * time.Second
+
+// stopped returns ErrStopped, with the reason, once ctx has ended.
+func stopped(ctx context.Context) error {
+	if ctx.Err() == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %v", ErrStopped, context.Cause(ctx))
+}
+
 // Start runs the start sequence (DESIGN.md): load the profile and discover
 // upstreams, put the listener addresses in place, serve every listener,
 // self-probe each one, and only then install the conntrack bypass. It
@@ -184,6 +201,9 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := src.render(nil); err != nil {
 		return nil, err
 	}
+	if err := stopped(ctx); err != nil {
+		return nil, err
+	}
 
 	set, err := activation.Inherited()
 	if err != nil {
@@ -205,6 +225,10 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 			d.log.Info("listener addresses in place", "link", res.Link, "added", res.Added)
 		}
 	}
+	if err := stopped(ctx); err != nil {
+		set.Release()
+		return nil, d.abort(err)
+	}
 	if err := d.start(); err != nil {
 		return nil, d.abort(err)
 	}
@@ -213,7 +237,15 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 		d.log.Warn("socket passed by systemd matches no listener", "socket", s.String())
 	}
 	if err := d.probeAll(ctx, startProbeTimeout); err != nil {
-		return nil, d.abort(stepErr("self-probe", ExitProbe, err))
+		if serr := stopped(ctx); serr != nil {
+			err = serr
+		} else {
+			err = stepErr("self-probe", ExitProbe, err)
+		}
+		return nil, d.abort(err)
+	}
+	if err := stopped(ctx); err != nil {
+		return nil, d.abort(err)
 	}
 	if d.manage {
 		if err := netsetup.EnsureRules(d.net); err != nil {
@@ -423,16 +455,36 @@ func (d *Daemon) Shutdown() {
 // SIGHUP reloads. In Preferred mode a failed start tears down and returns
 // nil, so the node keeps its central DNS; in Required mode it returns the
 // error (see ExitCode). Disabled tears down and returns nil.
+//
+// A stop is honoured at any moment, start-up included, and is bounded: a
+// second SIGTERM/SIGINT during the stop, or stopTimeout passing, makes Run
+// return at once with an error, saying what was not finished.
 func Run(ctx context.Context, opts Options) error {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
 	log := opts.Logger
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
+	ctx, sig := watchSignals(ctx)
+	defer sig.close()
 
-	d, err := Start(ctx, opts)
+	type started struct {
+		d   *Daemon
+		err error
+	}
+	startDone := make(chan started, 1)
+	go func() {
+		d, err := Start(ctx, opts)
+		startDone <- started{d, err}
+	}()
+	var d *Daemon
+	var err error
+	select {
+	case r := <-startDone:
+		d, err = r.d, r.err
+	case s := <-sig.force:
+		log.Error("second signal during start-up: exiting without finishing the stop", "signal", s.String())
+		return fmt.Errorf("start-up interrupted by a second %s", s)
+	}
 	if errors.Is(err, ErrDisabled) {
 		log.Info("mode is Disabled: removing anything localdns installed and exiting")
 		if src, lerr := opts.read(); lerr == nil && src.Profile != nil && src.Profile.Network.Manage {
@@ -440,6 +492,10 @@ func Run(ctx context.Context, opts Options) error {
 				log.Error("teardown", "err", terr)
 			}
 		}
+		return nil
+	}
+	if err != nil && (errors.Is(err, ErrStopped) || ctx.Err() != nil) {
+		log.Info("stopped during start-up", "reason", context.Cause(ctx), "err", err)
 		return nil
 	}
 	if err != nil {
@@ -466,8 +522,9 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		log.Warn("watchdog metrics", "err", err)
 	}
+	// Waited for by shutdown (not deferred: a stop cut short by a second
+	// signal must not wait for them).
 	var bgWG sync.WaitGroup
-	defer bgWG.Wait()
 	bgWG.Add(1)
 	go func() {
 		defer bgWG.Done()
@@ -491,32 +548,99 @@ func Run(ctx context.Context, opts Options) error {
 		select {
 		case <-ctx.Done():
 			log.Info("stopping", "reason", context.Cause(ctx))
-			return d.shutdown(cancelBG, &bgWG)
-		case s := <-sigs:
-			if s == syscall.SIGHUP {
-				sdnotify.Reloading()
-				if err := d.Reload(); err != nil {
-					log.Error(strings.ReplaceAll(err.Error(), "\n", " | "))
-				}
-				sdnotify.Ready(d.Summary())
-				continue
+			return d.shutdown(cancelBG, &bgWG, sig.force)
+		case <-sig.reload:
+			sdnotify.Reloading()
+			if err := d.Reload(); err != nil {
+				log.Error(strings.ReplaceAll(err.Error(), "\n", " | "))
 			}
-			log.Info("stopping", "signal", s.String())
-			return d.shutdown(cancelBG, &bgWG)
+			sdnotify.Ready(d.Summary())
 		}
 	}
 }
 
-func (d *Daemon) shutdown(cancelBG context.CancelFunc, bg *sync.WaitGroup) error {
-	d.stopping.Store(true)
-	cancelBG()
-	bg.Wait() // no watchdog ping or repair after STOPPING=1
-	sdnotify.Stopping("draining and writing the cache snapshot")
-	if d.redirected {
-		d.revertHostDNS() // the host falls back to VNet DNS while we stop
+// signals turns the process's signals into a stop (the first SIGTERM or
+// SIGINT cancels the context Run works under), a forced exit (the second)
+// and reload requests (SIGHUP).
+type signals struct {
+	c      chan os.Signal
+	force  chan os.Signal
+	reload chan struct{}
+	done   chan struct{}
+}
+
+func watchSignals(parent context.Context) (context.Context, *signals) {
+	ctx, cancel := context.WithCancelCause(parent)
+	s := &signals{
+		c:      make(chan os.Signal, 4),
+		force:  make(chan os.Signal, 1),
+		reload: make(chan struct{}, 1),
+		done:   make(chan struct{}),
 	}
-	d.Shutdown()
-	return nil
+	signal.Notify(s.c, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		defer cancel(nil)
+		stops := 0
+		for {
+			select {
+			case <-s.done:
+				return
+			case sig := <-s.c:
+				if sig == syscall.SIGHUP {
+					select {
+					case s.reload <- struct{}{}:
+					default: // one is pending already: it reads the newest profile
+					}
+					continue
+				}
+				// The parent (cmd/localdns) may have ended ctx for this same
+				// signal; count only what arrives here.
+				if stops++; stops == 1 {
+					cancel(fmt.Errorf("signal %s", sig))
+					continue
+				}
+				select {
+				case s.force <- sig:
+				default:
+				}
+			}
+		}
+	}()
+	return ctx, s
+}
+
+func (s *signals) close() {
+	signal.Stop(s.c)
+	close(s.done)
+}
+
+// shutdown runs the stop sequence, bounded by stopTimeout and cut short by
+// a second signal on force.
+func (d *Daemon) shutdown(cancelBG context.CancelFunc, bg *sync.WaitGroup, force <-chan os.Signal) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.stopping.Store(true)
+		cancelBG()
+		bg.Wait() // no watchdog ping or repair after STOPPING=1
+		sdnotify.Stopping("draining and writing the cache snapshot")
+		if d.redirected {
+			d.revertHostDNS() // the host falls back to VNet DNS while we stop
+		}
+		d.Shutdown()
+	}()
+	t := time.NewTimer(stopTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case s := <-force:
+		d.log.Error("second signal during the stop: exiting now; the stop did not finish (the cache snapshot may not be written)", "signal", s.String())
+		return fmt.Errorf("stop interrupted by a second %s", s)
+	case <-t.C:
+		d.log.Error("the stop did not finish in time: exiting now (the cache snapshot may not be written)", "timeout", stopTimeout)
+		return fmt.Errorf("stop did not finish within %s", stopTimeout)
+	}
 }
 
 // preferred reports whether the profile asks for Preferred mode (a profile

@@ -2,9 +2,7 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"runtime"
 	"runtime/debug"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/localdns/localdns/internal/activation"
 	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/netsetup"
 	"github.com/localdns/localdns/internal/promreg"
@@ -63,38 +60,6 @@ func moduleVersion(path string) string {
 
 // ModuleVersion is the version of a module compiled into this binary.
 func ModuleVersion(path string) string { return moduleVersion(path) }
-
-// inheritedSource serves sockets systemd passed (matched by address and
-// type) and binds the rest.
-func inheritedSource(set activation.Set, log *slog.Logger) SocketSource {
-	return func(addr string) (*net.UDPConn, *net.TCPListener, error) {
-		ap, err := netip.ParseAddrPort(addr)
-		if err != nil {
-			return nil, nil, fmt.Errorf("listener address %q: %w", addr, err)
-		}
-		udp, tcp, ok := set.Take(ap)
-		if !ok {
-			return BindSockets(addr)
-		}
-		log.Info("serving sockets passed by systemd", "addr", addr, "udp", udp != nil, "tcp", tcp != nil)
-		if udp == nil {
-			p2, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				return nil, nil, fmt.Errorf("bind udp %s (not passed by systemd): %w", addr, err)
-			}
-			udp = p2.(*net.UDPConn)
-		}
-		if tcp == nil {
-			l2, err := net.Listen("tcp", addr)
-			if err != nil {
-				udp.Close()
-				return nil, nil, fmt.Errorf("bind tcp %s (not passed by systemd): %w", addr, err)
-			}
-			tcp = l2.(*net.TCPListener)
-		}
-		return udp, tcp, nil
-	}
-}
 
 // reconcileLoop re-checks addresses and rules every interval and puts back
 // what is missing, until ctx ends.

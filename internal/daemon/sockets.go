@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/coredns/coredns/core/dnsserver"
 
+	"github.com/localdns/localdns/internal/activation"
 	"github.com/localdns/localdns/internal/fastpath"
 	"github.com/localdns/localdns/plugin/frontend"
 )
@@ -21,11 +23,20 @@ import (
 type socketPair struct {
 	udp *net.UDPConn
 	tcp *net.TCPListener
+	// inherited: systemd passed at least one of them and holds its own
+	// copy, so closing ours would not unbind the address.
+	inherited bool
+}
+
+func (p *socketPair) close() {
+	p.udp.Close()
+	p.tcp.Close()
 }
 
 // SocketSource yields the sockets of a listener address: inherited from
-// systemd, or bound by us.
-type SocketSource func(addr string) (*net.UDPConn, *net.TCPListener, error)
+// systemd (inherited is true when systemd passed at least one of the two),
+// or bound by us.
+type SocketSource func(addr string) (udp *net.UDPConn, tcp *net.TCPListener, inherited bool, err error)
 
 // BindSockets binds a fresh UDP and TCP socket on addr.
 func BindSockets(addr string) (*net.UDPConn, *net.TCPListener, error) {
@@ -41,6 +52,42 @@ func BindSockets(addr string) (*net.UDPConn, *net.TCPListener, error) {
 	return pc.(*net.UDPConn), ln.(*net.TCPListener), nil
 }
 
+// inheritedSource serves sockets systemd passed (matched by address and
+// type) and binds the rest.
+func inheritedSource(set activation.Set, log *slog.Logger) SocketSource {
+	return func(addr string) (*net.UDPConn, *net.TCPListener, bool, error) {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return nil, nil, false, fmt.Errorf("listener address %q: %w", addr, err)
+		}
+		udp, tcp, ok := set.Take(ap)
+		if !ok {
+			udp, tcp, err := BindSockets(addr)
+			return udp, tcp, false, err
+		}
+		log.Info("serving sockets passed by systemd", "addr", addr, "udp", udp != nil, "tcp", tcp != nil)
+		if udp == nil {
+			p2, err := net.ListenPacket("udp", addr)
+			if err != nil {
+				if tcp != nil {
+					tcp.Close()
+				}
+				return nil, nil, true, fmt.Errorf("bind udp %s (not passed by systemd): %w", addr, err)
+			}
+			udp = p2.(*net.UDPConn)
+		}
+		if tcp == nil {
+			l2, err := net.Listen("tcp", addr)
+			if err != nil {
+				udp.Close()
+				return nil, nil, true, fmt.Errorf("bind tcp %s (not passed by systemd): %w", addr, err)
+			}
+			tcp = l2.(*net.TCPListener)
+		}
+		return udp, tcp, true, nil
+	}
+}
+
 // socketOwner owns the listener sockets and serves the current generation of
 // CoreDNS servers on them. It implements frontend.Owner.
 type socketOwner struct {
@@ -49,9 +96,15 @@ type socketOwner struct {
 
 	mu      sync.Mutex
 	sockets map[string]*socketPair
-	current []*dnsserver.Server
-	lns     []*drainListener // TCP listeners of the current generation
+	current []served // the generation serving now
 	wg      sync.WaitGroup
+}
+
+// served is one server of a generation and the duplicates it serves.
+type served struct {
+	srv *dnsserver.Server
+	pc  net.PacketConn
+	ln  *drainListener
 }
 
 func newSocketOwner(log *slog.Logger, source SocketSource) *socketOwner {
@@ -68,23 +121,30 @@ func (o *socketOwner) Serve(fs *frontend.Servers) error {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	type started struct {
-		srv *dnsserver.Server
-		pc  net.PacketConn
-		ln  net.Listener
-	}
-	var next []started
+	var (
+		next  []served
+		added []string // addresses first bound by this call
+	)
 	undo := func() {
 		for _, s := range next {
 			s.pc.Close()
 			s.ln.Close()
 		}
+		for _, addr := range added {
+			if p := o.sockets[addr]; !p.inherited {
+				p.close()
+				delete(o.sockets, addr)
+			}
+		}
 	}
 	for addr, list := range servers {
-		pair, err := o.pair(addr)
+		pair, isNew, err := o.pair(addr)
 		if err != nil {
 			undo()
 			return err
+		}
+		if isNew {
+			added = append(added, addr)
 		}
 		table := fastpath.NewTable(addr, fs.Configs(addr))
 		for _, srv := range list {
@@ -93,14 +153,12 @@ func (o *socketOwner) Serve(fs *frontend.Servers) error {
 				undo()
 				return fmt.Errorf("duplicate sockets of %s: %w", addr, err)
 			}
-			next = append(next, started{srv, fastpath.Wrap(pc, table), newDrainListener(ln)})
+			next = append(next, served{srv, fastpath.Wrap(pc, table), newDrainListener(ln)})
 		}
 	}
-	old, oldLns := o.current, o.lns
-	o.current, o.lns = nil, nil
+	old := o.current
+	o.current = next
 	for _, s := range next {
-		o.current = append(o.current, s.srv)
-		o.lns = append(o.lns, s.ln.(*drainListener))
 		o.wg.Add(2)
 		go func(srv *dnsserver.Server, pc net.PacketConn) {
 			defer o.wg.Done()
@@ -115,26 +173,75 @@ func (o *socketOwner) Serve(fs *frontend.Servers) error {
 			}
 		}(s.srv, s.ln)
 	}
-	drainAll(oldLns)
-	for _, srv := range old {
-		if err := srv.Stop(); err != nil {
-			o.log.Warn("stop previous server", "addr", srv.Address(), "err", err)
-		}
-	}
+	o.retire(old)
+	o.closeUnused(servers)
 	return nil
 }
 
-func (o *socketOwner) pair(addr string) (*socketPair, error) {
+// retire stops a generation: its TCP listeners stop accepting and drain,
+// its servers shut down (answering what they hold, up to their grace time),
+// and its duplicates are closed. Closing them is what ends a server whose
+// goroutine had not registered with dnsserver yet when Stop ran (a stop
+// right after Serve): dnsserver.Server.Stop is a no-op for a server that
+// has not started, and runs only once, so such a server would otherwise
+// serve its duplicate forever and Close would wait for it forever.
+func (o *socketOwner) retire(gen []served) {
+	lns := make([]*drainListener, 0, len(gen))
+	for _, s := range gen {
+		lns = append(lns, s.ln)
+	}
+	drainAll(lns)
+	for _, s := range gen {
+		if err := s.srv.Stop(); err != nil {
+			o.log.Warn("stop server", "addr", s.srv.Address(), "err", err)
+		}
+	}
+	for _, s := range gen {
+		s.pc.Close()
+		s.ln.Close()
+	}
+}
+
+// closeUnused closes the sockets of addresses the generation now serving
+// does not listen on (a reload moved or removed a listener): a socket kept
+// open but no longer read would swallow the queries sent to it, where a
+// closed one refuses them (ICMP port unreachable, TCP RST) and the client
+// moves on at once.
+//
+// A socket systemd passed is the exception: systemd holds its own copy, so
+// closing ours would not unbind it, and the kernel keeps queueing queries on
+// it until localdns.socket is changed to match the profile. It stays open
+// (unserved), so a later reload back to that address serves it again, and a
+// warning says so.
+func (o *socketOwner) closeUnused(servers map[string][]*dnsserver.Server) {
+	for addr, p := range o.sockets {
+		if _, used := servers[addr]; used {
+			continue
+		}
+		if p.inherited {
+			o.log.Warn("no listener serves this socket passed by systemd any more; systemd keeps it bound and queries to it go unanswered until localdns.socket matches the profile",
+				"addr", addr)
+			continue
+		}
+		p.close()
+		delete(o.sockets, addr)
+		o.log.Info("closed the sockets of a listener address no longer served", "addr", addr)
+	}
+}
+
+// pair returns the master sockets of addr, binding (or taking from systemd)
+// them the first time; isNew says they were opened now.
+func (o *socketOwner) pair(addr string) (p *socketPair, isNew bool, err error) {
 	if p, ok := o.sockets[addr]; ok {
-		return p, nil
+		return p, false, nil
 	}
-	udp, tcp, err := o.source(addr)
+	udp, tcp, inherited, err := o.source(addr)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	p := &socketPair{udp: udp, tcp: tcp}
+	p = &socketPair{udp: udp, tcp: tcp, inherited: inherited}
 	o.sockets[addr] = p
-	return p, nil
+	return p, true, nil
 }
 
 // dup returns new file descriptors for the same kernel sockets.
@@ -178,21 +285,15 @@ func (o *socketOwner) Addresses() []string {
 // grace time) and closes the master sockets.
 func (o *socketOwner) Close() {
 	o.mu.Lock()
-	current, lns := o.current, o.lns
-	o.current, o.lns = nil, nil
+	current := o.current
+	o.current = nil
 	o.mu.Unlock()
-	drainAll(lns)
-	for _, srv := range current {
-		if err := srv.Stop(); err != nil {
-			o.log.Warn("stop server", "addr", srv.Address(), "err", err)
-		}
-	}
+	o.retire(current)
 	o.wg.Wait()
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for addr, p := range o.sockets {
-		p.udp.Close()
-		p.tcp.Close()
+		p.close()
 		delete(o.sockets, addr)
 	}
 }
