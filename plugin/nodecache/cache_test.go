@@ -97,6 +97,17 @@ func TestTTLCapsAndNegativeCaching(t *testing.T) {
 			m.Ns = []dns.RR{soa("example.org.", 20, 600)}
 		case strings.HasPrefix(q.Name, "nxnosoa."):
 			m.Rcode = dns.RcodeNameError
+		// RFC 2181 section 8: a TTL with the top bit set means 0.
+		case strings.HasPrefix(q.Name, "topbit."):
+			m.Answer = []dns.RR{
+				&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: net.IPv4(192, 0, 2, 5)},
+				&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 1 << 31}, A: net.IPv4(192, 0, 2, 6)},
+			}
+		case strings.HasPrefix(q.Name, "nxtopttl."):
+			m.Rcode = dns.RcodeNameError
+			m.Ns = []dns.RR{soa("example.org.", 0xFFFFFFFF, 60)}
+		case strings.HasPrefix(q.Name, "nodatatopmin."):
+			m.Ns = []dns.RR{soa("example.org.", 60, 0x80000001)}
 		}
 		return m
 	})
@@ -108,12 +119,15 @@ func TestTTLCapsAndNegativeCaching(t *testing.T) {
 		ttl    uint32
 		cached bool
 	}{
-		{"long.example.org.", dns.RcodeSuccess, 600, true},     // capped by max_ttl
-		{"zero.example.org.", dns.RcodeSuccess, 5, true},       // 5 s floor
-		{"nx.example.org.", dns.RcodeNameError, 40, true},      // min(SOA TTL, MINIMUM)
-		{"nxbig.example.org.", dns.RcodeNameError, 120, true},  // capped by denial_ttl
-		{"nodata.example.org.", dns.RcodeSuccess, 20, true},    // NODATA: SOA TTL < MINIMUM
-		{"nxnosoa.example.org.", dns.RcodeNameError, 0, false}, // no SOA: not cacheable
+		{"long.example.org.", dns.RcodeSuccess, 600, true},       // capped by max_ttl
+		{"zero.example.org.", dns.RcodeSuccess, 5, true},         // 5 s floor
+		{"nx.example.org.", dns.RcodeNameError, 40, true},        // min(SOA TTL, MINIMUM)
+		{"nxbig.example.org.", dns.RcodeNameError, 120, true},    // capped by denial_ttl
+		{"nodata.example.org.", dns.RcodeSuccess, 20, true},      // NODATA: SOA TTL < MINIMUM
+		{"nxnosoa.example.org.", dns.RcodeNameError, 0, false},   // no SOA: not cacheable
+		{"topbit.example.org.", dns.RcodeSuccess, 5, true},       // 2^31: 0, then the 5 s floor
+		{"nxtopttl.example.org.", dns.RcodeNameError, 5, true},   // SOA TTL 2^32-1: 0
+		{"nodatatopmin.example.org.", dns.RcodeSuccess, 5, true}, // SOA MINIMUM 2^31+1: 0
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ask(t, addr, tc.name, qopt{})
@@ -160,6 +174,8 @@ func TestErrorsAndTruncatedAnswersAreNotCached(t *testing.T) {
 			m.Rcode = dns.RcodeFormatError
 		case "tc.example.org.":
 			m.Truncated = true
+			// Passed on, not cached: the TTL still follows RFC 2181 section 8.
+			m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 1 << 31}, A: net.IPv4(192, 0, 2, 7)}}
 		}
 		return m
 	})
@@ -178,6 +194,11 @@ func TestErrorsAndTruncatedAnswersAreNotCached(t *testing.T) {
 			m := ask(t, addr, tc.name, qopt{})
 			if m.Rcode != tc.rcode {
 				t.Fatalf("%s: rcode %s, want %s", tc.name, dns.RcodeToString[m.Rcode], dns.RcodeToString[tc.rcode])
+			}
+			for _, rr := range m.Answer {
+				if rr.Header().Ttl != 0 {
+					t.Fatalf("%s: TTL %d passed on, want 0 (RFC 2181 section 8)", tc.name, rr.Header().Ttl)
+				}
 			}
 		}
 		if got := up.count(tc.name); got != 2 {

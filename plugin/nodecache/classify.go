@@ -53,7 +53,7 @@ func newEntry(m *dns.Msg, ns Namespace, q *query, pol *policy, now time.Time) (*
 			return nil, "negative answer without SOA"
 		}
 		// RFC 2308 section 5: the SOA's TTL, bounded by its MINIMUM field.
-		ttl = clampTTL(min(soa.Hdr.Ttl, soa.Minttl), pol.denialTTL)
+		ttl = clampTTL(min(rfc2181TTL(soa.Hdr.Ttl), rfc2181TTL(soa.Minttl)), pol.denialTTL)
 	default:
 		return nil, "response type " + t.String()
 	}
@@ -108,6 +108,28 @@ func entryFromWire(wire []byte, ns Namespace, flags uint8, stored int64, ttl, st
 	return e, ""
 }
 
+// rfc2181TTL reads a TTL as RFC 2181 section 8 says: a value with the top
+// bit set is 0. Unbound does the same; without it an upstream's 2^32-1 would
+// be served as the largest TTL.
+func rfc2181TTL(ttl uint32) uint32 {
+	if ttl >= 1<<31 {
+		return 0
+	}
+	return ttl
+}
+
+// sanitizeTTLs applies rfc2181TTL to every record of an answer passed on
+// without being cached (OPT's TTL field holds flags and is left alone).
+func sanitizeTTLs(m *dns.Msg) {
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if h := rr.Header(); h.Rrtype != dns.TypeOPT {
+				h.Ttl = rfc2181TTL(h.Ttl)
+			}
+		}
+	}
+}
+
 func clampTTL(ttl, maxTTL uint32) uint32 {
 	return min(max(ttl, minTTL), maxTTL)
 }
@@ -121,8 +143,8 @@ func minRRTTL(m *dns.Msg) uint32 {
 			if h.Rrtype == dns.TypeOPT || h.Rrtype == dns.TypeTSIG {
 				continue
 			}
-			if !found || h.Ttl < ttl {
-				ttl, found = h.Ttl, true
+			if t := rfc2181TTL(h.Ttl); !found || t < ttl {
+				ttl, found = t, true
 			}
 		}
 	}

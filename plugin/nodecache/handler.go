@@ -157,6 +157,7 @@ func (h *Nodecache) writeResult(w dns.ResponseWriter, r *dns.Msg, q *query, res 
 		return res.rcode, res.err
 	}
 	m := res.msg.Copy()
+	sanitizeTTLs(m)
 	m.Id = r.Id
 	m.Question = []dns.Question{r.Question[0]}
 	m.CheckingDisabled = r.CheckingDisabled
