@@ -44,6 +44,8 @@ import (
 //     synthesized NXDOMAIN at once and is never stored next to real answers.
 //   - nodecache (ours) or cache (stock, selectable for comparison) before
 //     hosts/loop and the forwarders, so only misses go upstream.
+//   - clientbudget (ours) right after the caches: it sees exactly the
+//     queries that go upstream, and limits them per client.
 //   - loop right before the forwarders: it sends its probe through them.
 //   - upstream (ours: cluster/VNet split with failover) or forward (stock).
 //
@@ -65,6 +67,7 @@ var Directives = []string{
 	"template",
 	"nodecache",
 	"cache",
+	"clientbudget",
 	"hosts",
 	"loop",
 	"upstream",

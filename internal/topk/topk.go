@@ -31,39 +31,52 @@ type Counter[K comparable] struct {
 
 // Sketch is a Space-Saving summary of at most k keys. It is not safe for
 // concurrent use.
+//
+// The counters live in a slice that never moves a key (slots) and a min-heap
+// of slot numbers, so that an update costs one map lookup and the heap
+// moves write only slice elements.
 type Sketch[K comparable] struct {
 	k     int
-	index map[K]int    // key -> position in heap
-	heap  []Counter[K] // min-heap on Count
-	n     uint64       // stream length
+	index map[K]int32 // key -> slot
+	slots []slot[K]
+	heap  []int32 // slot numbers, min-heap on count
+	n     uint64  // stream length
+}
+
+type slot[K comparable] struct {
+	c   Counter[K]
+	pos int32 // position in heap
 }
 
 // NewSketch returns a sketch holding at most k keys (k >= 1).
 func NewSketch[K comparable](k int) *Sketch[K] {
 	k = max(k, 1)
-	return &Sketch[K]{k: k, index: make(map[K]int, k), heap: make([]Counter[K], 0, k)}
+	return &Sketch[K]{k: k, index: make(map[K]int32, k), slots: make([]slot[K], 0, k), heap: make([]int32, 0, k)}
 }
 
 // Add counts w occurrences of key.
 func (s *Sketch[K]) Add(key K, w uint64) {
 	s.n += w
 	if i, ok := s.index[key]; ok {
-		s.heap[i].Count += w
-		s.down(i)
+		s.slots[i].c.Count += w
+		s.down(s.slots[i].pos)
 		return
 	}
-	if len(s.heap) < s.k {
-		s.heap = append(s.heap, Counter[K]{Key: key, Count: w})
-		s.index[key] = len(s.heap) - 1
-		s.up(len(s.heap) - 1)
+	if len(s.slots) < s.k {
+		i := int32(len(s.slots))
+		s.slots = append(s.slots, slot[K]{c: Counter[K]{Key: key, Count: w}, pos: i})
+		s.heap = append(s.heap, i)
+		s.index[key] = i
+		s.up(i)
 		return
 	}
 	// Replace the minimum: the newcomer may have occurred up to min times
 	// unseen.
-	min := s.heap[0]
-	delete(s.index, min.Key)
-	s.heap[0] = Counter[K]{Key: key, Count: min.Count + w, Err: min.Count}
-	s.index[key] = 0
+	i := s.heap[0]
+	m := &s.slots[i]
+	delete(s.index, m.c.Key)
+	m.c = Counter[K]{Key: key, Count: m.c.Count + w, Err: m.c.Count}
+	s.index[key] = i
 	s.down(0)
 }
 
@@ -71,27 +84,39 @@ func (s *Sketch[K]) Add(key K, w uint64) {
 func (s *Sketch[K]) N() uint64 { return s.n }
 
 // Len is the number of keys held (at most k).
-func (s *Sketch[K]) Len() int { return len(s.heap) }
+func (s *Sketch[K]) Len() int { return len(s.slots) }
 
 // Min is the smallest count held once the sketch is full, else 0: a key not
 // held occurred at most Min times.
 func (s *Sketch[K]) Min() uint64 {
-	if len(s.heap) < s.k {
+	if len(s.slots) < s.k {
 		return 0
 	}
-	return s.heap[0].Count
+	return s.slots[s.heap[0]].c.Count
+}
+
+// lookup returns key's counter, if held.
+func (s *Sketch[K]) lookup(key K) (Counter[K], bool) {
+	if i, ok := s.index[key]; ok {
+		return s.slots[i].c, true
+	}
+	return Counter[K]{}, false
 }
 
 // Reset forgets everything, keeping the allocated room.
 func (s *Sketch[K]) Reset() {
 	clear(s.index)
+	s.slots = s.slots[:0]
 	s.heap = s.heap[:0]
 	s.n = 0
 }
 
 // Top returns up to n counters, largest count first.
 func (s *Sketch[K]) Top(n int) []Counter[K] {
-	out := slices.Clone(s.heap)
+	out := make([]Counter[K], len(s.slots))
+	for i := range s.slots {
+		out[i] = s.slots[i].c
+	}
 	sortDesc(out)
 	return out[:min(n, len(out))]
 }
@@ -105,10 +130,12 @@ func sortDesc[K comparable](cs []Counter[K]) {
 	})
 }
 
-func (s *Sketch[K]) up(i int) {
+func (s *Sketch[K]) count(pos int32) uint64 { return s.slots[s.heap[pos]].c.Count }
+
+func (s *Sketch[K]) up(i int32) {
 	for i > 0 {
 		p := (i - 1) / 2
-		if s.heap[p].Count <= s.heap[i].Count {
+		if s.count(p) <= s.count(i) {
 			return
 		}
 		s.swap(i, p)
@@ -116,18 +143,18 @@ func (s *Sketch[K]) up(i int) {
 	}
 }
 
-func (s *Sketch[K]) down(i int) {
-	n := len(s.heap)
+func (s *Sketch[K]) down(i int32) {
+	n := int32(len(s.heap))
 	for {
 		l := 2*i + 1
 		if l >= n {
 			return
 		}
 		m := l
-		if r := l + 1; r < n && s.heap[r].Count < s.heap[l].Count {
+		if r := l + 1; r < n && s.count(r) < s.count(l) {
 			m = r
 		}
-		if s.heap[i].Count <= s.heap[m].Count {
+		if s.count(i) <= s.count(m) {
 			return
 		}
 		s.swap(i, m)
@@ -135,10 +162,10 @@ func (s *Sketch[K]) down(i int) {
 	}
 }
 
-func (s *Sketch[K]) swap(i, j int) {
+func (s *Sketch[K]) swap(i, j int32) {
 	s.heap[i], s.heap[j] = s.heap[j], s.heap[i]
-	s.index[s.heap[i].Key] = i
-	s.index[s.heap[j].Key] = j
+	s.slots[s.heap[i]].pos = i
+	s.slots[s.heap[j]].pos = j
 }
 
 // Window is a Space-Saving summary of the stream over the last span: span is
@@ -207,7 +234,8 @@ func (w *Window[K]) Top(now time.Time, n int) []Counter[K] {
 			continue
 		}
 		live = append(live, s)
-		for _, c := range s.heap {
+		for _, sl := range s.slots {
+			c := sl.c
 			m := merged[c.Key]
 			if m == nil {
 				m = &Counter[K]{Key: c.Key}
@@ -249,4 +277,33 @@ func (w *Window[K]) Len() int {
 		n += s.Len()
 	}
 	return n
+}
+
+// Keys calls f for every key held in any slot (a key held in several slots
+// more than once).
+func (w *Window[K]) Keys(f func(K)) {
+	for _, s := range w.slots {
+		for _, sl := range s.slots {
+			f(sl.c.Key)
+		}
+	}
+}
+
+// Count is key's counter over the window ending at now, bracketed as in Top;
+// a key no slot holds gets Count and Err equal to the sum of the slots' Min.
+func (w *Window[K]) Count(now time.Time, key K) Counter[K] {
+	c := Counter[K]{Key: key}
+	for i, s := range w.slots {
+		if !w.live(i, now) {
+			continue
+		}
+		if h, ok := s.lookup(key); ok {
+			c.Count += h.Count
+			c.Err += h.Err
+		} else {
+			c.Count += s.Min()
+			c.Err += s.Min()
+		}
+	}
+	return c
 }

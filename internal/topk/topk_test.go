@@ -89,14 +89,14 @@ func TestSketchHeapInvariant(t *testing.T) {
 	s := NewSketch[uint64](32)
 	for _, key := range zipfStream(20_000, 1000, 7) {
 		s.Add(key, 1+key%3)
-		for i := 1; i < len(s.heap); i++ {
-			if s.heap[(i-1)/2].Count > s.heap[i].Count {
+		for i := int32(1); i < int32(len(s.heap)); i++ {
+			if s.count((i-1)/2) > s.count(i) {
 				t.Fatalf("heap order broken at %d", i)
 			}
 		}
-		for i, c := range s.heap {
-			if s.index[c.Key] != i {
-				t.Fatalf("index of %d is %d, want %d", c.Key, s.index[c.Key], i)
+		for i, h := range s.heap {
+			if s.slots[h].pos != int32(i) || s.index[s.slots[h].c.Key] != h {
+				t.Fatalf("heap position %d: slot %d says %d, index %d", i, h, s.slots[h].pos, s.index[s.slots[h].c.Key])
 			}
 		}
 	}
