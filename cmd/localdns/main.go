@@ -38,6 +38,7 @@ func commands() []command {
 		{"render", "print the Corefile a profile renders to", renderCmd},
 		{"validate", "check a profile and print every problem found", validateCmd},
 		{"teardown", "remove every link, address and rule localdns installed (for ExecStopPost)", teardownCmd},
+		{"limits", "systemd drop-ins for the profile's cpuLimitInMilliCores and memoryLimitInMB", limitsCmd},
 		{"probe", "query the probe zone on every listener over UDP and TCP", probeCmd},
 		{"status", "show at a glance whether this node's DNS is healthy", statusCmd},
 		{"version", "print localdns, CoreDNS and Go versions", versionCmd},
