@@ -87,6 +87,13 @@ type Config struct {
 	NetNS netns.NsHandle
 	// Metrics, when not nil, counts repairs and setup errors.
 	Metrics *Metrics
+	// Fallback routes each listener's queries to its upstreams while
+	// localdns does not serve (InstallFallback, Teardown). Empty: Teardown
+	// leaves nothing behind and the listeners then answer nothing.
+	Fallback []FallbackRoute
+	// FallbackTable is the name of the fallback's table in the inet family
+	// (default "localdns-fallback").
+	FallbackTable string
 }
 
 // withDefaults returns cfg with defaults filled in and validates it.
@@ -99,6 +106,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort
+	}
+	if cfg.FallbackTable == "" {
+		cfg.FallbackTable = DefaultFallbackTable
+	}
+	if cfg.FallbackTable == cfg.Table {
+		return cfg, fmt.Errorf("netsetup: fallback table and conntrack-bypass table are both %q", cfg.Table)
 	}
 	if len(cfg.LinkName) > 15 {
 		return cfg, fmt.Errorf("netsetup: link name %q longer than 15 bytes", cfg.LinkName)

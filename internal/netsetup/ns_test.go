@@ -118,3 +118,11 @@ func listenUDPIn(t *testing.T, ns netns.NsHandle, addr string) net.PacketConn {
 	t.Cleanup(func() { pc.Close() })
 	return pc
 }
+
+// execIn runs a command inside the named namespace with stdin.
+func execIn(name, stdin string, args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", name}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}

@@ -144,15 +144,12 @@ func installTable(cfg Config, stale []string) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range stale {
-		// Adding an existing table is a no-op, so add+delete removes a
-		// table whether or not it exists, without failing the batch.
-		c.AddTable(ourTable(name))
-		c.DelTable(ourTable(name))
+	// The fallback goes in the same transaction: at no moment is there
+	// neither the bypass (localdns serves) nor the fallback.
+	for _, name := range append(stale, cfg.FallbackTable, cfg.Table) {
+		removeTable(c, name)
 	}
 	t := ourTable(cfg.Table)
-	c.AddTable(t)
-	c.DelTable(t)
 	c.AddTable(t)
 	chains := make(map[string]*nftables.Chain, len(chainSpecs))
 	for _, cs := range chainSpecs {
@@ -183,8 +180,7 @@ func deleteTables(cfg Config, names []string) error {
 		return err
 	}
 	for _, name := range names {
-		c.AddTable(ourTable(name))
-		c.DelTable(ourTable(name))
+		removeTable(c, name)
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("netsetup: deleting nftables tables %v: %w", names, err)
@@ -212,14 +208,18 @@ func checkRules(cfg Config) (rulesCheck, error) {
 	if err != nil {
 		return rc, fmt.Errorf("netsetup: listing nftables tables: %w", err)
 	}
+	fallback := false
 	for _, t := range tables {
-		if t.Name == cfg.Table {
-			rc.table = true
-		}
+		rc.table = rc.table || t.Name == cfg.Table
+		fallback = fallback || t.Name == cfg.FallbackTable
 	}
 	if !rc.table {
 		rc.why = "table inet " + cfg.Table + " missing"
 		return rc, nil
+	}
+	if fallback {
+		rc.why = "fallback table inet " + cfg.FallbackTable + " present while localdns serves"
+		// still count our rules below, for status
 	}
 	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -253,6 +253,9 @@ func checkRules(cfg Config) (rulesCheck, error) {
 		got[name] = rules
 	}
 
+	if rc.why != "" {
+		return rc, nil
+	}
 	if len(chains) != len(chainSpecs) {
 		rc.why = fmt.Sprintf("%d chains, want %d", len(chains), len(chainSpecs))
 		return rc, nil

@@ -12,7 +12,11 @@ import (
 
 // Teardown removes everything EnsureAddresses and EnsureRules installed: our
 // nftables table, our addresses (from "lo") or our dummy link, and the state
-// file. It is idempotent and is safe after a SIGKILL:
+// file. With Config.Fallback set it installs the fallback first, in the same
+// transaction that removes the conntrack bypass, so that queries to the
+// listeners keep reaching the upstreams (pods keep the listener address in
+// their resolv.conf); Purge removes the fallback too. It is idempotent and
+// is safe after a SIGKILL:
 //
 //   - with the state file it removes the recorded table, the addresses recorded
 //     as added by us on "lo" (an address found there is left alone) or the
@@ -30,24 +34,46 @@ func Teardown(cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := teardown(cfg); err != nil {
+	if err := teardown(cfg, false); err != nil {
 		cfg.Metrics.SetupError(StepTeardown)
 		return err
 	}
 	return nil
 }
 
-func teardown(cfg Config) error {
+// Purge is Teardown without a fallback: it removes the fallback table as
+// well, and leaves the node as it was before localdns was installed. For
+// an uninstall; pods that still have a listener address in their
+// resolv.conf get no answer after it.
+func Purge(cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	if err := teardown(cfg, true); err != nil {
+		cfg.Metrics.SetupError(StepTeardown)
+		return err
+	}
+	return nil
+}
+
+func teardown(cfg Config, purge bool) error {
 	// An unreadable state file is no reason to leave things behind: fall
 	// back to what the configuration says, and remove the file at the end.
 	st, _ := loadState(cfg)
 
 	var errs []error
-	tables := []string{cfg.Table}
+	var stale []string
 	if st != nil && st.Table != "" && st.Table != cfg.Table {
-		tables = append(tables, st.Table)
+		stale = append(stale, st.Table)
 	}
-	if err := deleteTables(cfg, tables); err != nil {
+	// The fallback (or, on purge, its removal) comes first: the listener
+	// addresses are still there until it is in place.
+	if len(cfg.Fallback) > 0 && !purge {
+		if err := installFallback(cfg, stale); err != nil {
+			errs = append(errs, err)
+		}
+	} else if err := deleteTables(cfg, append(stale, cfg.Table, cfg.FallbackTable)); err != nil {
 		errs = append(errs, err)
 	}
 
