@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -45,6 +46,8 @@ const (
 	answer2      = "10.1.0.12"
 	vnetAnswer   = "203.0.113.53"
 	spreadNames  = 3000
+	poolNames    = 20000
+	poolRate     = 2000 // q/s: a fixed run length, so a fixed number of socket lifetimes
 	maxShare     = 0.70
 	fastFailTime = 100 * time.Millisecond
 )
@@ -80,15 +83,8 @@ func TestSpreadAndFailoverNetns(t *testing.T) {
 	for _, a := range []string{backend1, backend2, vnetIP} {
 		run(t, "ip", "-n", be, "addr", "add", a+"/24", "dev", "vb")
 	}
-	ruleset := fmt.Sprintf(`table ip kubeproxy {
-	chain output {
-		type nat hook output priority -100; policy accept;
-		ip daddr %s meta l4proto { udp, tcp } th dport 53 dnat to numgen random mod 2 map { 0 : %s, 1 : %s }
-	}
-}
-`, serviceIP, backend1, backend2)
 	cmd := exec.Command("ip", "netns", "exec", node, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(ruleset)
+	cmd.Stdin = strings.NewReader(kubeProxyRules(serviceIP, backend1, backend2))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v: %s", err, out)
 	}
@@ -146,55 +142,102 @@ func runNodeSide(t *testing.T, beNS string) {
 `, vnetIP, vnetAnswer))
 	t.Cleanup(func() { testdns.StopCoreDNS(t, vnet) })
 
-	block := func(spread string) string {
-		return upstreamBlock(
-			"to "+serviceIP+":53",
-			"failover "+vnetIP+":53",
+	block := func(spread string, extra ...string) string {
+		return upstreamBlock(append([]string{
+			"to " + serviceIP + ":53",
+			"failover " + vnetIP + ":53",
 			"never_failover cluster.local in-addr.arpa ip6.arpa",
 			"group_names cluster vnet",
 			"protocol prefer_udp",
 			"policy sequential",
 			"max_concurrent 1000",
 			"health_check 0.5s",
-			"spread "+spread,
-		)
+			"spread " + spread,
+		}, extra...)...)
 	}
-	// Spread: distinct cluster names, one at a time (the worst case for a
-	// reused socket: one flow), counted by the backend that answered. One
-	// instance at a time: they would publish the same healthy gauge.
+	// Spread: distinct cluster names, counted by the backend that
+	// answered, and the conntrack entries left. One instance at a time:
+	// they would publish the same healthy gauge.
 	var on listener
-	for _, spread := range []string{"off", "10ms", "query"} {
+	for _, v := range []struct {
+		name, spread, pool string
+		names, workers     int
+		maxShare           float64 // 0: no limit
+		maxFlows           int     // 0: no limit
+	}{
+		// forward's socket reuse: one flow, one pod.
+		{"off/pool1", "off", "1", spreadNames, 1, 0, 0},
+		// A socket per query: exact spread, a conntrack entry per query.
+		{"query", "query", "16", spreadNames, 1, maxShare, 0},
+		// The pool: 20k misses at 2k/s leave at most 512 entries (16
+		// sockets renewed every 500ms: about 340 flows in 10 s), and those
+		// flows spread them over the pods (one pod's share of 340 random
+		// flows is above 60% with a chance of 2e-4).
+		{"pool16/500ms", "500ms", "16", poolNames, 16, 0.60, 512},
+	} {
 		exec.Command("conntrack", "-F").Run()
-		inst, err := startCorefile(".:0 {\n\tbind 127.0.0.1\n" + block(spread) + "\n}\n")
+		inst, err := startCorefile(".:0 {\n\tbind 127.0.0.1\n" + block(v.spread, "pool "+v.pool) + "\n}\n")
 		if err != nil {
 			t.Fatal(err)
 		}
 		l := listener{udp: inst.Servers()[0].LocalAddr().String()}
-		n := map[string]int{}
 		start := time.Now()
-		for i := range spreadNames {
-			r, _ := ask(t, l, "udp", fmt.Sprintf("svc%d.ns%d.svc.cluster.local", i, i%7), dns.TypeA)
-			n[answerOf(r)]++
+		rate := 0 // unpaced
+		if v.workers > 1 {
+			rate = poolRate
 		}
+		n := askMany(t, l, v.workers, v.names, rate, func(i int) string { return fmt.Sprintf("svc%d.ns%d.%s.svc.cluster.local", i, i%7, strings.ReplaceAll(v.name, "/", "-")) })
 		took := time.Since(start)
-		if n[answer1]+n[answer2] != spreadNames {
-			t.Fatalf("spread %s: answers %v, want %d from the two backends", spread, n, spreadNames)
+		if n[answer1]+n[answer2] != v.names {
+			t.Fatalf("%s: answers %v, want %d from the two backends", v.name, n, v.names)
 		}
-		share := float64(max(n[answer1], n[answer2])) / spreadNames
-		t.Logf("spread %-5s: %d names -> backend1 %4d, backend2 %4d, larger share %5.1f%%, %4.0f q/s, %d conntrack flows to the service IP",
-			spread, spreadNames, n[answer1], n[answer2], 100*share, spreadNames/took.Seconds(), conntrackFlows(serviceIP))
-		// A socket per query must spread; 10ms sockets spread by time,
-		// so a short burst gets few flows: only require it not pinned.
-		if limit := map[string]float64{"query": maxShare, "10ms": 0.9}[spread]; limit > 0 && share > limit {
-			t.Errorf("spread %s: one backend got %.1f%% of the queries, want <= %.0f%%", spread, 100*share, 100*limit)
+		share := float64(max(n[answer1], n[answer2])) / float64(v.names)
+		flows := conntrackFlows(serviceIP)
+		t.Logf("%-12s: %d names -> backend1 %5d, backend2 %5d, larger share %5.1f%%, %5.0f q/s, %d conntrack flows to the service IP",
+			v.name, v.names, n[answer1], n[answer2], 100*share, float64(v.names)/took.Seconds(), flows)
+		if v.maxShare > 0 && share > v.maxShare {
+			t.Errorf("%s: one backend got %.1f%% of the queries, want <= %.0f%%", v.name, 100*share, 100*v.maxShare)
 		}
-		if spread != "query" {
+		if v.maxFlows > 0 && (flows < 0 || flows > v.maxFlows) {
+			t.Errorf("%s: %d conntrack flows after %d misses, want <= %d", v.name, flows, v.names, v.maxFlows)
+		}
+		if v.name != "pool16/500ms" {
 			testdns.StopCoreDNS(t, inst)
 			continue
 		}
 		on = l
 		t.Cleanup(func() { testdns.StopCoreDNS(t, inst) })
 	}
+
+	// A pod dies: kube-proxy takes it out of the DNAT but leaves the
+	// conntrack entries of its flows. Those flows draw ICMP port
+	// unreachable (or time out) and are retired; within seconds every
+	// answer comes from the other pod, and no query fails.
+	died := time.Now()
+	testdns.StopCoreDNS(t, pod1)
+	nftRules(t, serviceIP, backend2)
+	failed, streak := 0, 0
+	for i := 0; streak < 500; i++ {
+		if time.Since(died) > 5*time.Second {
+			t.Fatalf("5s after pod 1 died: %d queries in a row answered by pod 2, want 500 (%d failed)", streak, failed)
+		}
+		r, _ := ask(t, on, "udp", fmt.Sprintf("dead%d.default.svc.cluster.local", i), dns.TypeA)
+		switch answerOf(r) {
+		case answer2:
+			streak++
+		case answer1:
+			t.Fatalf("answer from the stopped pod 1")
+		default:
+			failed++
+			streak = 0
+		}
+	}
+	t.Logf("pod 1 died: every answer from pod 2 after %s, %d queries failed on the way", time.Since(died).Round(time.Millisecond), failed)
+	if failed > 0 {
+		t.Errorf("%d queries failed while pod 1's flows moved, want 0 (they are retried on another socket)", failed)
+	}
+	pod1 = startIn(pod(backend1, answer1))
+	nftRules(t, serviceIP, backend1, backend2)
 
 	// Failover: stop both cluster DNS pods.
 	stopped := time.Now()
@@ -242,6 +285,63 @@ func runNodeSide(t *testing.T, beNS string) {
 		// them gets SERVFAIL from their empty chain, not the VNet answer.
 		t.Errorf("external name after recovery: got %s, want it sent to the pods again (SERVFAIL from them)", answerOf(r))
 	}
+}
+
+// kubeProxyRules is a kube-proxy-style DNAT of ip:53 to the backends,
+// chosen at random per conntrack flow.
+func kubeProxyRules(ip string, backends ...string) string {
+	var m []string
+	for i, b := range backends {
+		m = append(m, fmt.Sprintf("%d : %s", i, b))
+	}
+	return fmt.Sprintf(`table ip kubeproxy {
+	chain output {
+		type nat hook output priority -100; policy accept;
+		ip daddr %s meta l4proto { udp, tcp } th dport 53 dnat to numgen random mod %d map { %s }
+	}
+}
+`, ip, len(backends), strings.Join(m, ", "))
+}
+
+// nftRules replaces the DNAT of ip in this network namespace, as kube-proxy
+// does when the endpoints change; conntrack entries are kept.
+func nftRules(t *testing.T, ip string, backends ...string) {
+	t.Helper()
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader("flush chain ip kubeproxy output\n" + strings.Replace(kubeProxyRules(ip, backends...), "table ip kubeproxy {", "table ip kubeproxy {", 1))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+}
+
+// askMany sends n distinct names (name(i)) over workers concurrent clients,
+// query i not before i/rate seconds from the start unless rate is 0, and
+// counts the answers by A record (or rcode).
+func askMany(t *testing.T, l listener, workers, n, rate int, name func(int) string) map[string]int {
+	t.Helper()
+	start := time.Now()
+	var mu sync.Mutex
+	counts := map[string]int{}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			local := map[string]int{}
+			for i := w; i < n; i += workers {
+				if rate > 0 {
+					time.Sleep(time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))))
+				}
+				r, _ := ask(t, l, "udp", name(i), dns.TypeA)
+				local[answerOf(r)]++
+			}
+			mu.Lock()
+			for k, v := range local {
+				counts[k] += v
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return counts
 }
 
 // conntrackFlows counts the conntrack entries of UDP flows to ip, or -1 when
