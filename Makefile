@@ -11,7 +11,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test vet deps clean bench bench-mem bench-bin lab lab-short lab-ci lab-bins
+.PHONY: all build run test vet deps clean bench bench-mem bench-miss bench-bin lab lab-short lab-ci lab-bins
 
 all: build
 
@@ -43,6 +43,10 @@ bench: bench-bin
 
 bench-mem: bench-bin
 	./bin/benchrun -mem
+
+# Unique-name misses through a DNAT to two pods, stock forward vs upstream (root).
+bench-miss: bench-bin
+	./bin/benchrun -miss
 
 # The lab: test/lab/README.md (root: network namespaces).
 lab-bins: build

@@ -10,6 +10,7 @@ package upstream
 import (
 	"fmt"
 	"net"
+	"os"
 	"sync/atomic"
 
 	"github.com/miekg/dns"
@@ -38,6 +39,29 @@ func Start(addr string, ip net.IP, ttl uint32) (*Server, error) {
 	if h := net.ParseIP(host); h == nil || !h.IsLoopback() {
 		return nil, fmt.Errorf("upstream address %q: not a loopback IP", addr)
 	}
+	return start(addr, ip, ttl)
+}
+
+// StartInNamespace is Start for a server inside a network namespace the
+// benchmark created (a "pod" behind a DNAT): any address is accepted, but
+// only when this process is not in the initial network namespace, so the
+// server is never reachable from outside the benchmark.
+func StartInNamespace(addr string, ip net.IP, ttl uint32) (*Server, error) {
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("upstream: own network namespace: %w", err)
+	}
+	init, err := os.Readlink("/proc/1/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("upstream: initial network namespace: %w", err)
+	}
+	if self == init {
+		return nil, fmt.Errorf("upstream address %q: not in a network namespace of the benchmark's own", addr)
+	}
+	return start(addr, ip, ttl)
+}
+
+func start(addr string, ip net.IP, ttl uint32) (*Server, error) {
 	if ip.To4() == nil {
 		return nil, fmt.Errorf("upstream answer %v: not an IPv4 address", ip)
 	}

@@ -61,6 +61,10 @@ type config struct {
 	memSecs    int
 	memEngines []string
 
+	missNames    int
+	missClient   []string
+	missUpstream string // localdns's forwarding block in the miss benchmark
+
 	stockCache    string
 	nodecache     string
 	localdnsExtra string
@@ -104,6 +108,13 @@ func envConfig() (config, error) {
 		memBudget:  int64(num("BENCH_MEM_BUDGET", 32<<20)),
 		memSecs:    num("BENCH_MEM_SECONDS", 120),
 		memEngines: strings.Split(str("BENCH_MEM_ENGINES", "localdns,stock"), ","),
+
+		missNames:  num("BENCH_MISS_NAMES", 20000),
+		missClient: strings.Fields(str("BENCH_MISS_DNSPERF", "-c 4 -T 2 -q 500")),
+		// The upstream plugin with its defaults, as localdns renders it
+		// for the cluster DNS service (health checks on the cluster domain
+		// would fail here: the pods answer A only).
+		missUpstream: str("BENCH_MISS_UPSTREAM", "upstream {\n\t\tto 10.96.0.10:53\n\t}"),
 
 		stockCache: str("BENCH_STOCK_CACHE", "cache"),
 		nodecache: str("BENCH_NODECACHE", "nodecache {\n\t\tmax_ttl 3600\n\t\tdenial_ttl 3600\n"+
@@ -190,14 +201,23 @@ func corefile(port int, up string, e engine, extra string) string {
 
 func main() {
 	mem := flag.Bool("mem", false, "run the memory benchmark instead of the QPS/latency one")
+	miss := flag.Bool("miss", false, "run the cache-miss benchmark (network namespaces, needs root)")
+	pod := flag.String("pod", "", "internal: serve the bench upstream on this address (in a network namespace) until killed")
 	flag.Parse()
-	if err := run(*mem); err != nil {
+	if *pod != "" {
+		if err := servePod(*pod); err != nil {
+			fmt.Fprintln(os.Stderr, "benchrun -pod:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(*mem, *miss); err != nil {
 		fmt.Fprintln(os.Stderr, "benchrun:", err)
 		os.Exit(1)
 	}
 }
 
-func run(mem bool) error {
+func run(mem, miss bool) error {
 	cfg, err := envConfig()
 	if err != nil {
 		return err
@@ -207,9 +227,12 @@ func run(mem bool) error {
 	}
 
 	var budget time.Duration
-	if mem {
+	switch {
+	case miss:
+		budget = time.Duration(cfg.rounds*len(cfg.engines))*(time.Duration(cfg.missNames/1000)*time.Second+time.Minute) + time.Minute
+	case mem:
 		budget = 2*time.Duration(cfg.memSecs+60)*time.Second + time.Minute
-	} else {
+	default:
 		perEngine := time.Duration(2*cfg.seconds+90) * time.Second
 		budget = time.Duration(cfg.rounds*len(cfg.engines))*perEngine + time.Minute
 	}
@@ -230,14 +253,18 @@ func run(mem bool) error {
 		return fmt.Errorf("work dir: %w", err)
 	}
 
+	ps := newProcs()
+	defer ps.killAll()
+	if miss {
+		printMachine()
+		return missBench(ctx, cfg, dir, ps)
+	}
+
 	up, err := upstream.Start("127.0.0.1:0", net.IPv4(192, 0, 2, 53), 3600)
 	if err != nil {
 		return err
 	}
 	defer up.Close()
-
-	ps := newProcs()
-	defer ps.killAll()
 
 	printMachine()
 	fmt.Printf("upstream: %s (A for any name, TTL 3600), work dir %s\n", up.Addr(), dir)
