@@ -270,6 +270,8 @@ func (d *decoder) profile(p *Profile, root any) {
 				"replynotrack": func(path string, v any) { p.Network.ReplyNotrack = d.bool(path, v, p.Network.ReplyNotrack) },
 				"linkname":     func(path string, v any) { p.Network.LinkName = d.linkName(path, v, p.Network.LinkName) },
 				"statedir":     func(path string, v any) { p.Network.StateDir = d.absPath(path, v, p.Network.StateDir) },
+				"fallback":     func(path string, v any) { p.Network.Fallback = d.bool(path, v, p.Network.Fallback) },
+				"fallbackfile": func(path string, v any) { p.Network.FallbackFile = d.absPath(path, v, p.Network.FallbackFile) },
 			})
 		},
 		"cpulimitinmillicores": func(path string, v any) {
@@ -291,6 +293,16 @@ func (d *decoder) profile(p *Profile, root any) {
 		"junk": func(path string, v any) {
 			d.fields(path, v, map[string]func(string, any){
 				"kubernetesschema": func(path string, v any) { p.JunkKubernetesSchema = d.bool(path, v, p.JunkKubernetesSchema) },
+			})
+		},
+		"clientbudget": func(path string, v any) {
+			d.fields(path, v, map[string]func(string, any){
+				"queriespersecond": func(path string, v any) {
+					p.ClientBudget.QueriesPerSecond = d.int(path, v, p.ClientBudget.QueriesPerSecond, 0, MaxClientQueriesPerSecond)
+				},
+				"burst": func(path string, v any) {
+					p.ClientBudget.Burst = d.int(path, v, p.ClientBudget.Burst, 0, MaxClientBurst)
+				},
 			})
 		},
 		"cache": func(path string, v any) {

@@ -365,3 +365,28 @@ func TestParseUpstream(t *testing.T) {
 		}
 	}
 }
+
+func TestClientBudget(t *testing.T) {
+	if b := mustParse(t, "{}").ClientBudget; b.QueriesPerSecond != DefaultClientQueriesPerSecond || b.EffectiveBurst() != ClientBudgetBurstFactor*DefaultClientQueriesPerSecond {
+		t.Errorf("default budget %+v (burst %d)", b, b.EffectiveBurst())
+	}
+	if b := mustParse(t, "clientBudget: {queriesPerSecond: 300}").ClientBudget; b.QueriesPerSecond != 300 || b.EffectiveBurst() != 1500 {
+		t.Errorf("rate only: %+v (burst %d), want 300 and 1500", b, b.EffectiveBurst())
+	}
+	if b := mustParse(t, "clientBudget: {queriesPerSecond: 300, burst: 40}").ClientBudget; b.EffectiveBurst() != 40 {
+		t.Errorf("burst given: %+v", b)
+	}
+	if b := mustParse(t, "clientBudget: {queriesPerSecond: 0}").ClientBudget; b.QueriesPerSecond != 0 {
+		t.Errorf("off: %+v", b)
+	}
+	_, err := Parse([]byte("clientBudget: {queriesPerSecond: -1, burst: 2.5, perClient: 3}\n"))
+	for _, want := range []string{
+		`clientBudget.queriesPerSecond: "-1": must be between 0 and 1000000`,
+		`clientBudget.burst: "2.5": must be a whole number`,
+		`clientBudget.perClient: unknown field`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v\nlacks %q", err, want)
+		}
+	}
+}

@@ -137,6 +137,9 @@ type Profile struct {
 
 	Cache Cache
 
+	// ClientBudget limits each client's upstream queries (cache misses).
+	ClientBudget ClientBudget
+
 	// CPULimitInMilliCores and MemoryLimitInMB are AKS's node-level limits
 	// for localdns: the slice's CPUQuota and MemoryMax (see resources.go).
 	// The Go memory limit and, unless cache.maxMemory is given, the cache
@@ -170,6 +173,14 @@ type Network struct {
 	// StateDir records what localdns installed, so teardown after a crash
 	// removes exactly that.
 	StateDir string
+	// Fallback: while localdns does not serve (stopped, crash-looping, given
+	// up, Preferred/Disabled mode not running), queries to the listeners go
+	// straight to the upstreams (nftables DNAT), so pods never lose DNS.
+	Fallback bool
+	// FallbackFile keeps the last valid profile's fallback (listeners and
+	// upstreams), for a start whose profile is broken. Persistent storage:
+	// it must survive a reboot.
+	FallbackFile string
 }
 
 // HostResolver says whether and where the host's resolver is redirected to
@@ -193,6 +204,36 @@ type Cache struct {
 	Snapshot string
 }
 
+// ClientBudget is each client's (pod's) budget of upstream queries: cache
+// misses beyond it get a stale answer or SERVFAIL instead of going to
+// cluster CoreDNS or VNet DNS. Cache hits are never limited.
+type ClientBudget struct {
+	// QueriesPerSecond is the sustained rate; 0 turns limiting off (the
+	// per-client accounting behind `localdns top` stays on).
+	QueriesPerSecond int
+	// Burst is how many queries a client may send at once; 0 means
+	// BurstFactor times QueriesPerSecond.
+	Burst int
+}
+
+// Client budget defaults and bounds: far above what a busy pod sends
+// upstream, far below what one cluster CoreDNS pod serves (README.md).
+const (
+	DefaultClientQueriesPerSecond = 2000
+	ClientBudgetBurstFactor       = 5
+	MaxClientQueriesPerSecond     = 1_000_000
+	MaxClientBurst                = 10_000_000
+)
+
+// EffectiveBurst is the burst the budget allows (Burst, or BurstFactor
+// times QueriesPerSecond when Burst is 0).
+func (b ClientBudget) EffectiveBurst() int {
+	if b.Burst > 0 {
+		return b.Burst
+	}
+	return ClientBudgetBurstFactor * b.QueriesPerSecond
+}
+
 // Default AKS values.
 const (
 	DefaultNodeListener      = "169.254.10.10"
@@ -207,6 +248,7 @@ const (
 	DefaultReconcileInterval = 30 * time.Second
 	DefaultLinkName          = "localdns"
 	DefaultStateDir          = "/run/localdns"
+	DefaultFallbackFile      = "/var/lib/localdns/fallback.json"
 )
 
 // DefaultResolvConf is the order auto discovery reads resolv.conf files in:
@@ -245,10 +287,13 @@ func Default() *Profile {
 		ResolvConf:        append([]string(nil), DefaultResolvConf...),
 		FailoverToVNetDNS: true,
 		Network: Network{Manage: true, ReconcileInterval: DefaultReconcileInterval, ReplyNotrack: true,
-			LinkName: DefaultLinkName, StateDir: DefaultStateDir},
+			LinkName: DefaultLinkName, StateDir: DefaultStateDir,
+			Fallback: true, FallbackFile: DefaultFallbackFile},
 		Metrics: DefaultMetrics,
 		Health:  DefaultHealth,
 		Cache:   Cache{Engine: CacheEngineLocalDNS, MaxMemory: DefaultMaxMemory, Snapshot: DefaultSnapshot},
+
+		ClientBudget: ClientBudget{QueriesPerSecond: DefaultClientQueriesPerSecond},
 
 		CPULimitInMilliCores: DefaultCPULimitInMilliCores,
 		MemoryLimitInMB:      DefaultMemoryLimitInMB,

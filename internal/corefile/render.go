@@ -169,9 +169,21 @@ func writeBlock(b *strings.Builder, p *config.Profile, ups config.Upstreams, l l
 		b.WriteString("    }\n")
 	}
 	writeCache(b, p, o)
+	writeClientBudget(b, p)
 	b.WriteString("    loop\n")
 	writeUpstream(b, p, ups, zone, dest, o)
 	b.WriteString("}\n")
+}
+
+// writeClientBudget writes the per-client upstream budget, right after the
+// cache so that it sees only misses. It is written with a rate of 0 when
+// limiting is off: the per-client accounting behind `localdns top` stays.
+func writeClientBudget(b *strings.Builder, p *config.Profile) {
+	if p.ClientBudget.QueriesPerSecond == 0 {
+		b.WriteString("    clientbudget 0\n")
+		return
+	}
+	fmt.Fprintf(b, "    clientbudget %d %d\n", p.ClientBudget.QueriesPerSecond, p.ClientBudget.EffectiveBurst())
 }
 
 // writeCache writes the block's cache. A stale window of 0 s serves nothing
