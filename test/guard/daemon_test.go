@@ -22,9 +22,9 @@ import (
 	"github.com/localdns/localdns/internal/testdns"
 )
 
-var binary string
+var localdnsBin string
 
-func TestMain(m *testing.M) { testbin.Main(m, &binary) }
+func TestMain(m *testing.M) { testbin.Main(m, &localdnsBin) }
 
 // daemon is a running `localdns run` process.
 type daemon struct {
@@ -45,7 +45,7 @@ vnetDNS: [%s]
 network: {manage: false}
 metrics: 127.0.0.1:%d
 health: 127.0.0.1:%d
-cache: {snapshot: %q}
+cache: {snapshot: %q, maxMemory: 32Mi}
 `
 
 // startLocaldns writes a profile whose clusterDNS and vnetDNS are upstream
@@ -63,7 +63,7 @@ func startLocaldns(t *testing.T, nodeIP, podsIP, upstream, snapshot, extra strin
 		node: fmt.Sprintf("%s:%d", nodeIP, ports[0]),
 		pods: fmt.Sprintf("%s:%d", podsIP, ports[0]),
 	}
-	d.cmd = exec.Command(binary, "run", "--config", profile)
+	d.cmd = exec.Command(localdnsBin, "run", "--config", profile)
 	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := d.cmd.Start(); err != nil {
