@@ -67,7 +67,7 @@ func setup(c *caddy.Controller) error {
 
 // parse reads `clientbudget [RATE [BURST]]`. RATE is upstream queries a
 // second per client, 0 for no limit (accounting only); BURST defaults to
-// twice RATE.
+// burstFactor times RATE.
 func parse(c *caddy.Controller) (budget, error) {
 	bg := budget{rate: DefaultRate, burst: DefaultBurst}
 	blocks := 0
@@ -84,7 +84,7 @@ func parse(c *caddy.Controller) (budget, error) {
 			if err != nil || r < 0 || r != r || r > 1e9 {
 				return bg, c.Errf("rate %q is not a number of queries a second from 0 to 1e9", args[0])
 			}
-			bg.rate, bg.burst = r, int(2*r)
+			bg.rate, bg.burst = r, int(burstFactor*r)
 		}
 		if len(args) == 2 {
 			b, err := strconv.Atoi(args[1])
@@ -107,5 +107,6 @@ func parse(c *caddy.Controller) (budget, error) {
 // far below what one cluster CoreDNS pod serves.
 const (
 	DefaultRate  = 2000
-	DefaultBurst = 10000
+	DefaultBurst = burstFactor * DefaultRate
+	burstFactor  = 5
 )
