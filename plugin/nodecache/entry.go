@@ -22,7 +22,7 @@ type entry struct {
 	wire    []byte
 	ttlOffs []uint16 // offsets of every RR's TTL field in wire
 
-	stored int64  // wall-clock insert time, unix nanoseconds
+	stored int64  // insert time on the store's monotonic scale (Store.now), ns
 	ttl    uint32 // capped TTL in seconds at insert time
 	stale  uint32 // stale window in seconds (of the block that wrote it)
 
@@ -56,11 +56,17 @@ func (e *entry) remaining(now int64) int64 {
 
 // servable reports whether e is fresh, or still within its stale window.
 func (e *entry) servable(now int64) (fresh, stale bool) {
-	exp := e.expires()
+	return servableAt(e.stored, e.ttl, e.stale, now)
+}
+
+// servableAt is servable for an entry stored at stored with ttl and a stale
+// window of stale seconds.
+func servableAt(stored int64, ttl, stale uint32, now int64) (fresh, inStale bool) {
+	exp := stored + int64(ttl)*int64(time.Second)
 	if now < exp {
 		return true, false
 	}
-	return false, now < exp+int64(e.stale)*int64(time.Second)
+	return false, now < exp+int64(stale)*int64(time.Second)
 }
 
 // matches compares the full key.

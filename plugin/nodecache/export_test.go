@@ -33,5 +33,6 @@ func ResetShared(clock func() time.Time) {
 		old.snap.mu.Lock()
 		old.snap.stopLocked()
 		old.snap.mu.Unlock()
+		old.snap.lock.release()
 	}
 }

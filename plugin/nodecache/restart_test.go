@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,20 +63,33 @@ func TestWarmRestartWithUpstreamDown(t *testing.T) {
 	}
 }
 
+// TestDamagedSnapshotIsIgnored: whatever is at the snapshot path, the
+// server starts at once with an empty cache, answers, and replaces it with
+// a good snapshot at shutdown. A FIFO used to block the start for good, a
+// link to /dev/zero to read a gigabyte first.
 func TestDamagedSnapshotIsIgnored(t *testing.T) {
 	up := startUpstream(t, aAnswer("192.0.2.91", 300))
-	for name, content := range map[string][]byte{
-		"garbage":   []byte("this is not a snapshot"),
-		"truncated": []byte("LDNSCACH\x00\x01\x00\x00\x00\x00\x00\x05"),
-		"empty":     {},
+	write := func(content []byte) func(string) error {
+		return func(path string) error { return os.WriteFile(path, content, 0o600) }
+	}
+	for name, create := range map[string]func(path string) error{
+		"garbage":   write([]byte("this is not a snapshot")),
+		"truncated": write([]byte("LDNSCACH\x00\x01\x00\x00\x00\x00\x00\x05")),
+		"empty":     write([]byte{}),
+		"fifo":      func(path string) error { return syscall.Mkfifo(path, 0o600) },
+		"dev-zero":  func(path string) error { return os.Symlink("/dev/zero", path) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			freshStore(t)
 			path := filepath.Join(t.TempDir(), "cache.snapshot")
-			if err := os.WriteFile(path, content, 0o600); err != nil {
+			if err := create(path); err != nil {
 				t.Fatal(err)
 			}
+			start := time.Now()
 			s := startServer(t, corefile(up, "    snapshot "+path))
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("start took %s", took)
+			}
 			if nodecache.Shared().Len() != 0 {
 				t.Fatal("entries restored from a damaged snapshot")
 			}

@@ -53,11 +53,38 @@ type Store struct {
 
 	snap snapshotter
 
-	// clock is time.Now; tests move it forward to expire entries.
+	// clock is time.Now; tests move it forward to expire entries. In
+	// memory only its monotonic reading counts (see now).
 	clock func() time.Time
+	// origin is the clock's reading when the store was made.
+	origin time.Time
+	// wall, when set, is the wall clock the snapshot converts with
+	// (otherwise the clock's wall reading); tests step it.
+	wall func() time.Time
 }
 
-func (s *Store) now() time.Time { return s.clock() }
+// now returns the store's time: origin's wall time plus the monotonic time
+// elapsed since then. Entry times and every age in memory are on this
+// scale, so a step of the wall clock (NTP, an operator, a resumed VM)
+// changes no entry's freshness. The wall clock is read only to convert
+// times to and from the snapshot file (wallOffset).
+func (s *Store) now() time.Time { return s.origin.Add(s.clock().Sub(s.origin)) }
+
+// wallNow is the wall clock.
+func (s *Store) wallNow() time.Time {
+	if s.wall != nil {
+		return s.wall().Round(0)
+	}
+	return s.clock().Round(0)
+}
+
+// wallOffset is what to add to a wall-clock time to put it on the store's
+// scale: zero until the wall clock is stepped. It is rounded to the
+// millisecond, so that the jitter between two clock readings never moves
+// an age.
+func (s *Store) wallOffset() int64 {
+	return int64(s.now().Round(0).Sub(s.wallNow()).Round(time.Millisecond))
+}
 
 // maxRefreshes is how many background refreshes run at once, process-wide:
 // enough to keep a busy node's hot names fresh (each takes an upstream
@@ -74,7 +101,7 @@ type shard struct {
 
 // NewStore returns an empty store that keeps at most budget bytes.
 func NewStore(budget int64) *Store {
-	s := &Store{clock: time.Now, refreshes: make(chan struct{}, maxRefreshes), keys: newKeyHasher()}
+	s := &Store{clock: time.Now, origin: time.Now(), refreshes: make(chan struct{}, maxRefreshes), keys: newKeyHasher()}
 	for i := range s.shards {
 		s.shards[i].m = make(map[uint64]*entry)
 	}
