@@ -438,7 +438,7 @@ func TestSnapshotLockOneWriter(t *testing.T) {
 	if err := third.finalSnapshot(); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := NewStore(8<<20).LoadSnapshot(path); err != nil || st.read != 2 {
+	if st, err := NewStore(8 << 20).LoadSnapshot(path); err != nil || st.read != 2 {
 		t.Fatalf("after the holder left: %+v, %v", st, err)
 	}
 }
