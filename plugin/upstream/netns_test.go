@@ -186,7 +186,9 @@ func runNodeSide(t *testing.T, beNS string) {
 		if v.workers > 1 {
 			rate = poolRate
 		}
-		n := askMany(t, l, v.workers, v.names, rate, func(i int) string { return fmt.Sprintf("svc%d.ns%d.%s.svc.cluster.local", i, i%7, strings.ReplaceAll(v.name, "/", "-")) })
+		n := askMany(t, l, v.workers, v.names, rate, func(i int) string {
+			return fmt.Sprintf("svc%d.ns%d.%s.svc.cluster.local", i, i%7, strings.ReplaceAll(v.name, "/", "-"))
+		})
 		took := time.Since(start)
 		if n[answer1]+n[answer2] != v.names {
 			t.Fatalf("%s: answers %v, want %d from the two backends", v.name, n, v.names)
