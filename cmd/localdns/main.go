@@ -41,6 +41,7 @@ func commands() []command {
 		{"limits", "systemd drop-ins for the profile's cpuLimitInMilliCores and memoryLimitInMB", limitsCmd},
 		{"probe", "query the probe zone on every listener over UDP and TCP", probeCmd},
 		{"status", "show at a glance whether this node's DNS is healthy", statusCmd},
+		{"top", "show the busiest clients (pods) and names over the last minute", topCmd},
 		{"version", "print localdns, CoreDNS and Go versions", versionCmd},
 		{"plugins", "list the compiled-in CoreDNS plugins in chain order", pluginsCmd},
 	}

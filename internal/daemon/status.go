@@ -19,6 +19,7 @@ import (
 
 	"github.com/localdns/localdns/internal/netsetup"
 	"github.com/localdns/localdns/internal/sdnotify"
+	"github.com/localdns/localdns/plugin/clientbudget"
 )
 
 // Report is what `localdns status` shows and /status serves: one snapshot of
@@ -36,6 +37,8 @@ type Report struct {
 	Queries   float64          `json:"queriesTotal"` // every query answered, all listeners
 	Cache     CacheReport      `json:"cache"`
 	Network   *NetworkReport   `json:"network,omitempty"`
+	// Top is who asked what over the last minute (`localdns top`).
+	Top *clientbudget.Top `json:"top,omitempty"`
 }
 
 // ListenerReport is one listener's probe result.
@@ -97,6 +100,9 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	return err
 }
 
+// TopN is how many clients and names Report.Top lists of each.
+const TopN = 20
+
 // Status builds a Report: it probes every listener now.
 func (d *Daemon) Status(ctx context.Context) Report {
 	r := Report{Time: time.Now(), Source: d.source.Description, Uptime: Duration(time.Since(d.started).Round(time.Second))}
@@ -109,6 +115,8 @@ func (d *Daemon) Status(ctx context.Context) Report {
 		r.Network = networkReport(d.net)
 	}
 	r.Ready, r.NotReady = readiness(r)
+	top := clientbudget.Shared().Top(TopN)
+	r.Top = &top
 	return r
 }
 
