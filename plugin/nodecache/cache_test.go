@@ -239,12 +239,13 @@ func TestTruncationAndTCP(t *testing.T) {
 		if m.Truncated != tc.tc {
 			t.Fatalf("%+v: TC=%v, want %v", tc.o, m.Truncated, tc.tc)
 		}
-		if tc.tc && len(m.Answer) != 0 || !tc.tc && len(m.Answer) != 60 {
+		if tc.tc && (len(m.Answer) == 0 || len(m.Answer) == 60) || !tc.tc && len(m.Answer) != 60 {
 			t.Fatalf("%+v: %d answers", tc.o, len(m.Answer))
 		}
 		if (m.IsEdns0() != nil) != tc.opt {
 			t.Fatalf("%+v: OPT present=%v, want %v", tc.o, m.IsEdns0() != nil, tc.opt)
 		}
+		m.Compress = true
 		if tc.size > 0 && m.Len() > tc.size {
 			t.Fatalf("%+v: %d bytes > %d", tc.o, m.Len(), tc.size)
 		}

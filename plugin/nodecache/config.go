@@ -29,6 +29,7 @@ type policy struct {
 	staleWindow   uint32 // seconds an expired entry may still be served
 	verifyTimeout time.Duration
 	prefetch      uint32 // hits before an entry is prefetched; 0 disables
+	maxUDP        uint16 // largest UDP answer, bytes (max_udp_size)
 }
 
 // config is one nodecache block. memory and the snapshot are process-wide:
@@ -61,6 +62,7 @@ func defaultConfig() config {
 			staleWindow:   defaultStaleWindow,
 			verifyTimeout: defaultVerifyTimeout,
 			prefetch:      defaultPrefetch,
+			maxUDP:        advertisedUDPSize,
 		},
 		memory:        defaultMemory,
 		snapshotEvery: defaultSnapshotEvery,
@@ -100,6 +102,16 @@ func parse(c *caddy.Controller) (config, error) {
 				var n uint64
 				n, err = strconv.ParseUint(args[0], 10, 32)
 				cfg.prefetch = uint32(n)
+			case "max_udp_size":
+				if len(args) != 1 {
+					return cfg, c.ArgErr()
+				}
+				var n uint64
+				n, err = strconv.ParseUint(args[0], 10, 16)
+				if err == nil && n < 512 {
+					err = fmt.Errorf("max_udp_size must be at least 512, got %d", n)
+				}
+				cfg.maxUDP = uint16(n)
 			case "memory":
 				if len(args) != 1 {
 					return cfg, c.ArgErr()

@@ -52,7 +52,8 @@ func checkDecoded(t *testing.T, b []byte) {
 			var q query
 			q.nameLen = copy(q.name[:], e.name)
 			q.qtype, q.qclass = e.qtype, e.qclass
-			n, err := render(out, e, &q, 60, false, TCP)
+			q.setLimit(TCP, advertisedUDPSize)
+			n, err := render(out, e, &q, 60, false)
 			if err != nil {
 				t.Fatalf("render of a decoded entry: %v", err)
 			}
@@ -94,8 +95,9 @@ func FuzzServeWire(f *testing.F) {
 		if err := parseQuery(q, &pq); err != nil {
 			t.Fatalf("answered a query that does not parse: %v", err)
 		}
-		if proto == UDP && n > pq.maxUDP() {
-			t.Fatalf("UDP answer of %d bytes for a %d byte buffer", n, pq.maxUDP())
+		pq.setLimit(proto, advertisedUDPSize)
+		if n > pq.limit {
+			t.Fatalf("%v answer of %d bytes for a %d byte limit", proto, n, pq.limit)
 		}
 		m := new(dns.Msg)
 		if err := m.Unpack(out[:n]); err != nil {
@@ -137,8 +139,16 @@ func FuzzIndexWire(f *testing.F) {
 		q.nameLen = copy(q.name[:], e.name)
 		q.qtype, q.qclass = e.qtype, e.qclass
 		out := make([]byte, len(e.wire)+32)
-		if _, err := render(out, e, &q, 1, false, UDP); err != nil {
-			t.Fatal(err)
+		for _, proto := range []Proto{TCP, UDP} {
+			q.setLimit(proto, 512)
+			n, err := render(out, e, &q, 1, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A truncated answer keeps whole records: it parses as well.
+			if _, err := indexWire(out[:n]); err != nil || n > q.limit {
+				t.Fatalf("%v: %d-byte answer for a limit of %d: %v", proto, n, q.limit, err)
+			}
 		}
 	})
 }

@@ -32,14 +32,20 @@ func (h *Nodecache) Name() string { return "nodecache" }
 
 // ServeDNS implements plugin.Handler.
 func (h *Nodecache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	proto := UDP
+	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
+		proto = TCP
+	} else if opt := r.IsEdns0(); opt != nil && opt.UDPSize() > h.pol.maxUDP {
+		// As the bufsize plugin does: every answer written with WriteMsg
+		// (ours and the next plugins') is fitted to the request's buffer
+		// size by CoreDNS's ScrubWriter, which thus applies max_udp_size.
+		opt.SetUDPSize(h.pol.maxUDP)
+	}
 	var q query
 	if err := queryFromMsg(r, &q); err != nil || !q.cacheable() {
 		return plugin.NextOrFailure(h.Name(), h.Next, ctx, w, r)
 	}
-	proto := UDP
-	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
-		proto = TCP
-	}
+	q.setLimit(proto, h.pol.maxUDP)
 	s := h.store
 	now := s.now()
 	flags := queryFlags(q.do, q.cd)
@@ -53,19 +59,19 @@ func (h *Nodecache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 		case fresh:
 			c.hits.Inc()
 			h.maybePrefetch(ctx, e, nowN, c, proto)
-			return writeEntry(w, e, &q, uint32(max(e.remaining(nowN), 0)), false, proto)
+			return writeEntry(w, e, &q, uint32(max(e.remaining(nowN), 0)), false)
 		case stale && h.pol.mode == staleImmediate:
 			h.refreshAsync(ctx, e, c, proto, false)
 			c.stale.Inc()
-			return writeEntry(w, e, &q, staleTTL, true, proto)
+			return writeEntry(w, e, &q, staleTTL, true)
 		case stale && h.pol.mode == staleVerify:
 			if !h.recheckPending(e) {
 				if res, ok := h.verify(ctx, w, r, &q, e, c); ok {
-					return h.writeResult(w, r, &q, res, proto)
+					return h.writeResult(w, r, &q, res)
 				}
 			}
 			c.stale.Inc()
-			return writeEntry(w, e, &q, staleTTL, true, proto)
+			return writeEntry(w, e, &q, staleTTL, true)
 		case !stale:
 			s.remove(e) // past its stale window: dead weight
 		}
@@ -84,7 +90,7 @@ func (h *Nodecache) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.M
 			res = h.exchange(ctx, w.RemoteAddr(), w.LocalAddr(), upstreamQuery(r, &q), &q)
 		}
 	}
-	return h.writeResult(w, r, &q, res, proto)
+	return h.writeResult(w, r, &q, res)
 }
 
 // counters returns the counters for server, cached for the common case of
@@ -100,11 +106,11 @@ func (h *Nodecache) counters(server string) *counters {
 
 // writeEntry renders e for q into a pooled buffer and writes it. A client
 // that asked for NSID gets a dns.Msg so that the nsid plugin can add it.
-func writeEntry(w dns.ResponseWriter, e *entry, q *query, ttl uint32, stale bool, proto Proto) (int, error) {
-	n, _ := renderedLen(e, q, stale, proto)
+func writeEntry(w dns.ResponseWriter, e *entry, q *query, ttl uint32, stale bool) (int, error) {
+	n, _ := renderedLen(e, q, stale)
 	bp := getBuf(n)
 	defer putBuf(bp)
-	n, err := render(*bp, e, q, ttl, stale, proto)
+	n, err := render(*bp, e, q, ttl, stale)
 	if err != nil {
 		return dns.RcodeServerFailure, err
 	}
@@ -149,9 +155,9 @@ func noteRcode(w dns.ResponseWriter, rcode int) {
 // new entry when it was cached, else the upstream message with the client's
 // ID, question and a clean OPT record; if the next plugin wrote nothing its
 // rcode and error go back to the server, which answers SERVFAIL.
-func (h *Nodecache) writeResult(w dns.ResponseWriter, r *dns.Msg, q *query, res result, proto Proto) (int, error) {
+func (h *Nodecache) writeResult(w dns.ResponseWriter, r *dns.Msg, q *query, res result) (int, error) {
 	if res.entry != nil {
-		return writeEntry(w, res.entry, q, uint32(max(res.entry.remaining(h.store.now().UnixNano()), 0)), false, proto)
+		return writeEntry(w, res.entry, q, uint32(max(res.entry.remaining(h.store.now().UnixNano()), 0)), false)
 	}
 	if res.msg == nil {
 		return res.rcode, res.err
@@ -172,7 +178,7 @@ func (h *Nodecache) writeResult(w dns.ResponseWriter, r *dns.Msg, q *query, res 
 	}
 	m.Extra = extra
 	if q.edns {
-		m.SetEdns0(advertisedUDPSize, q.do)
+		m.SetEdns0(q.adv, q.do)
 	}
 	if err := w.WriteMsg(m); err != nil {
 		return dns.RcodeServerFailure, err

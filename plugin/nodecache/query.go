@@ -20,7 +20,7 @@ const (
 
 const (
 	// advertisedUDPSize is the EDNS0 buffer size we announce to clients and
-	// ask upstreams for (DNS flag day 2020).
+	// ask upstreams for (DNS flag day 2020); also the default of max_udp_size.
 	advertisedUDPSize = 1232
 	// maxNameWire is the longest domain name in wire format.
 	maxNameWire = 255
@@ -46,16 +46,28 @@ type query struct {
 	do      bool
 	udpSize uint16 // client's EDNS0 buffer size, 0 without EDNS0
 	nsid    bool   // client asked for NSID: leave the answer to the nsid plugin
+
+	limit int    // largest answer this client gets (setLimit)
+	adv   uint16 // EDNS0 buffer size announced in our OPT record
 }
 
 func (q *query) wireName() []byte { return q.name[:q.nameLen] }
 
-// maxUDP returns the largest UDP answer this client accepts.
-func (q *query) maxUDP() int {
-	if !q.edns || q.udpSize < dns.MinMsgSize {
-		return dns.MinMsgSize
+// setLimit fixes the largest answer q gets: any size over TCP; over UDP the
+// client's EDNS0 buffer size (512 without EDNS0, and for sizes below 512,
+// RFC 6891 section 6.2.5), but never more than maxUDP, the block's
+// max_udp_size. Our OPT record announces at most maxUDP.
+func (q *query) setLimit(proto Proto, maxUDP uint16) {
+	q.adv = min(advertisedUDPSize, maxUDP)
+	if proto == TCP {
+		q.limit = dns.MaxMsgSize
+		return
 	}
-	return int(q.udpSize)
+	size := dns.MinMsgSize
+	if q.edns && int(q.udpSize) > size {
+		size = int(q.udpSize)
+	}
+	q.limit = min(size, max(int(maxUDP), dns.MinMsgSize))
 }
 
 var (

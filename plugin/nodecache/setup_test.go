@@ -15,6 +15,7 @@ func TestParse(t *testing.T) {
     serve_stale verify 1800
     verify_timeout 500ms
     prefetch 0
+    max_udp_size 4096
     memory 16777216
     snapshot /var/lib/localdns/cache.snapshot 30s
 }`
@@ -23,7 +24,7 @@ func TestParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := config{
-		policy: policy{maxTTL: 600, denialTTL: 30, mode: staleVerify, staleWindow: 1800, verifyTimeout: 500 * time.Millisecond, prefetch: 0},
+		policy: policy{maxTTL: 600, denialTTL: 30, mode: staleVerify, staleWindow: 1800, verifyTimeout: 500 * time.Millisecond, prefetch: 0, maxUDP: 4096},
 		memory: 16 << 20, snapshotPath: "/var/lib/localdns/cache.snapshot", snapshotEvery: 30 * time.Second,
 	}
 	if cfg != want {
@@ -55,6 +56,9 @@ func TestParseErrors(t *testing.T) {
 		{"nodecache {\n verify_timeout 0s\n}", "positive"},
 		{"nodecache {\n prefetch many\n}", "prefetch"},
 		{"nodecache {\n memory 1000\n}", "at least"},
+		{"nodecache {\n max_udp_size 511\n}", "at least 512"},
+		{"nodecache {\n max_udp_size 65536\n}", "max_udp_size"},
+		{"nodecache {\n max_udp_size\n}", "Wrong argument count"},
 		{"nodecache {\n snapshot\n}", "Wrong argument count"},
 		{"nodecache {\n snapshot /x 10ms\n}", "at least 1s"},
 	} {

@@ -26,8 +26,9 @@ func (s HitStatus) String() string {
 // dns.Msg: it parses only the header, the question and the OPT record of
 // msg, looks the key up in namespace ns and writes the answer into out,
 // rewriting only ID, flags, question casing and TTLs of the stored bytes.
-// proto decides truncation (UDP answers larger than the client's EDNS0 size,
-// or 512 without EDNS0, are cut to the question with TC set).
+// proto decides truncation: a UDP answer larger than the client's EDNS0
+// size (512 without EDNS0), or than the block's max_udp_size, keeps the
+// whole records that fit and has TC set.
 //
 // It returns the answer's length and Hit or Stale, or 0 and Miss when the
 // front-end must hand the query to the CoreDNS server: no entry, an entry
@@ -47,11 +48,16 @@ func (s *Store) ServeWire(ns Namespace, msg []byte, proto Proto, now time.Time, 
 		return 0, Miss
 	}
 	h := s.handler(ns)
+	maxUDP := uint16(advertisedUDPSize)
+	if h != nil {
+		maxUDP = h.pol.maxUDP
+	}
+	q.setLimit(proto, maxUDP)
 	nowN := now.UnixNano()
 	fresh, stale := e.servable(nowN)
 	switch {
 	case fresh:
-		n, err := render(out, e, &q, uint32(max(e.remaining(nowN), 0)), false, proto)
+		n, err := render(out, e, &q, uint32(max(e.remaining(nowN), 0)), false)
 		if err != nil {
 			return 0, Miss
 		}
@@ -62,7 +68,7 @@ func (s *Store) ServeWire(ns Namespace, msg []byte, proto Proto, now time.Time, 
 		}
 		return n, Hit
 	case stale && h != nil && h.pol.mode == staleImmediate:
-		n, err := render(out, e, &q, staleTTL, true, proto)
+		n, err := render(out, e, &q, staleTTL, true)
 		if err != nil {
 			return 0, Miss
 		}
