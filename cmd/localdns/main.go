@@ -20,6 +20,7 @@ import (
 
 	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/daemon"
+	"github.com/localdns/localdns/internal/netsetup"
 	"github.com/localdns/localdns/internal/plugins"
 )
 
@@ -37,7 +38,8 @@ func commands() []command {
 		{"run", "serve DNS (node profile, a given profile or Corefile, or the embedded laptop profile)", runCmd},
 		{"render", "print the Corefile a profile renders to", renderCmd},
 		{"validate", "check a profile and print every problem found", validateCmd},
-		{"teardown", "remove every link, address and rule localdns installed (for ExecStopPost)", teardownCmd},
+		{"teardown", "hand the listeners to the fallback and remove what localdns installed (for ExecStopPost); --purge removes all", teardownCmd},
+		{"fallback", "send queries to the listeners straight to the upstreams until localdns serves (for the socket unit's start)", fallbackCmd},
 		{"limits", "systemd drop-ins for the profile's cpuLimitInMilliCores and memoryLimitInMB", limitsCmd},
 		{"probe", "query the probe zone on every listener over UDP and TCP", probeCmd},
 		{"status", "show at a glance whether this node's DNS is healthy", statusCmd},
@@ -165,42 +167,88 @@ func fileExists(path string) bool {
 }
 
 func teardownCmd(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("teardown", "[--config FILE] [--keep-if-held]", strings.TrimSpace(`
-Remove every link, address, nftables table and state file localdns installed
-for the profile. Idempotent, and safe after a SIGKILL: use it as ExecStopPost.
+	fs := newFlags("teardown", "[--config FILE] [--keep-if-held] [--purge]", strings.TrimSpace(`
+Hand the listeners to the fallback (queries to them go straight to the
+upstreams, so pods keep resolving) and remove the listener addresses, the
+link, the conntrack-bypass table and the state file localdns installed.
+Idempotent, and safe after a SIGKILL: use it as ExecStopPost. With a broken
+profile the fallback comes from the last valid profile's fallback file.
 
-With --keep-if-held nothing is removed while a socket is still bound to a
+With --keep-if-held nothing is changed while a socket is still bound to a
 listener address: that is systemd's localdns.socket holding the sockets while
 the service restarts, and the kernel must keep queueing queries for the next
-process. localdns.service uses --keep-if-held; localdns.socket does not, so
-stopping the socket unit removes everything.`), stderr)
+process. localdns.service uses --keep-if-held; localdns.socket does not.
+
+With --purge the fallback and its file go too, leaving the node as it was
+before localdns: for an uninstall, after kubelet no longer points pods at the
+listeners.`), stderr)
 	cfgPath := fs.String("config", "", "profile `FILE` (default: the node profile)")
-	keep := fs.Bool("keep-if-held", false, "keep everything while a socket is bound to a listener address")
+	keep := fs.Bool("keep-if-held", false, "change nothing while a socket is bound to a listener address")
+	purge := fs.Bool("purge", false, "remove the fallback too (uninstall)")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	opts := daemon.TeardownOptions{KeepIfHeld: *keep, Purge: *purge}
 	p, from, err := profileFor(*cfgPath)
 	if err != nil {
 		// A broken profile must not leave the node's network behind (this
 		// runs in ExecStopPost after a crash loop on that very profile):
-		// tear down by the defaults and the state file netsetup wrote.
-		fmt.Fprintf(stderr, "localdns teardown: %v\nlocaldns teardown: removing what the state file and the default names say was installed\n", err)
-		p, from = config.Default(), "defaults"
+		// tear down by the fallback file, the defaults and the state file
+		// netsetup wrote.
+		fmt.Fprintf(stderr, "localdns teardown: %v\nlocaldns teardown: using the last valid profile's fallback file and the defaults\n", err)
+		p, from, opts.ProfileBroken = config.Default(), "defaults", true
 	}
 	if !p.Network.Manage {
 		fmt.Fprintf(stdout, "%s: network.manage is false: nothing was installed, nothing to remove\n", from)
 		return 0
 	}
-	res, err := daemon.Teardown(p, *keep)
+	res, err := daemon.Teardown(p, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "localdns teardown: %v\n", err)
 		return 1
 	}
-	if res.Kept {
+	switch {
+	case res.Kept:
 		fmt.Fprintf(stdout, "kept: %s\n", res.Why)
-		return 0
+	case *purge:
+		fmt.Fprintln(stdout, "removed: fallback, listener addresses, link, conntrack-bypass table and state (where present)")
+	case res.FallbackFrom != "":
+		fmt.Fprintf(stdout, "fallback in place (routes from %s); removed: listener addresses, link, conntrack-bypass table and state\n", res.FallbackFrom)
+	default:
+		fmt.Fprintf(stdout, "removed: listener addresses, link, conntrack-bypass table and state; no fallback: %s\n", res.NoFallback)
 	}
-	fmt.Fprintln(stdout, "removed: listener addresses, link, conntrack-bypass table and state (where present)")
+	return 0
+}
+
+func fallbackCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("fallback", "[--config FILE]", strings.TrimSpace(`
+Send queries to the listeners straight to the upstreams (nftables DNAT), until
+localdns serves them and takes them back. localdns.socket runs it when it
+starts, so that pods resolve from the node's first boot on, even if localdns
+never comes up. The routes come from the profile, or from the last valid
+profile's fallback file when the profile is broken. Exit 1 when no fallback
+could be installed.`), stderr)
+	cfgPath := fs.String("config", "", "profile `FILE` (default: the node profile)")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	p, _, err := profileFor(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "localdns fallback: %v\nlocaldns fallback: using the last valid profile's fallback file\n", err)
+		p = nil
+	}
+	cfg, from, err := daemon.FallbackConfig(p)
+	if err != nil {
+		fmt.Fprintf(stderr, "localdns fallback: %v\n", err)
+		return 1
+	}
+	if err := netsetup.InstallFallback(cfg); err != nil {
+		fmt.Fprintf(stderr, "localdns fallback: %v\n", err)
+		return 1
+	}
+	for _, r := range cfg.Fallback {
+		fmt.Fprintf(stdout, "fallback: %s -> %v (from %s)\n", r.Listener, r.Upstreams, from)
+	}
 	return 0
 }
 

@@ -10,7 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/daemon"
+	"github.com/localdns/localdns/internal/netsetup"
 )
 
 // statusView is what `localdns status` prints: the daemon's report plus the
@@ -48,6 +50,9 @@ Exit 0 when ready, 1 when not, 3 when the daemon does not answer.`), stderr)
 	first, err := fetchReport(url)
 	if err != nil {
 		fmt.Fprintf(stderr, "localdns status: daemon not answering on %s: %v\n", p.Health, err)
+		if p.Network.Manage {
+			printListenersFromKernel(stdout, p, *asJSON)
+		}
 		return 3
 	}
 	time.Sleep(*interval)
@@ -178,4 +183,61 @@ func bytesText(b float64) string {
 		return fmt.Sprintf("%.1f KiB", b/(1<<10))
 	}
 	return fmt.Sprintf("%.0f B", b)
+}
+
+// listenerState is a listener's state read from the kernel, for when the
+// daemon does not answer.
+type listenerState struct {
+	Listener  string    `json:"listener"`
+	State     string    `json:"state"` // "fallback", "bypass (localdns starting or restarting)", "nothing"
+	Since     time.Time `json:"since,omitempty"`
+	Upstreams []string  `json:"upstreams,omitempty"`
+	Queries   uint64    `json:"fallbackQueries"`
+}
+
+// printListenersFromKernel says, from the nftables rules alone, where
+// queries to each listener go while the daemon does not answer.
+func printListenersFromKernel(w io.Writer, p *config.Profile, asJSON bool) {
+	cfg := daemon.NetworkConfig(p, nil)
+	fb, err := netsetup.Fallback(cfg)
+	if err != nil {
+		fmt.Fprintf(w, "could not read the kernel's rules: %v\n", err)
+		return
+	}
+	st, _ := netsetup.Status(cfg)
+	var states []listenerState
+	for _, a := range cfg.Addrs {
+		ls := listenerState{Listener: a.String(), State: "nothing"}
+		switch {
+		case len(fb.Upstreams[a]) > 0:
+			ls.State, ls.Since, ls.Queries = "fallback", fb.Since, fb.Packets[a]
+			for _, u := range fb.Upstreams[a] {
+				ls.Upstreams = append(ls.Upstreams, u.String())
+			}
+		case st.Rules > 0:
+			ls.State = "bypass (localdns starting or restarting: the socket queues queries)"
+		}
+		states = append(states, ls)
+	}
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(map[string]any{"daemon": "not answering", "listeners": states})
+		return
+	}
+	fmt.Fprintln(w, "localdns NOT ANSWERING — where queries to the listeners go (from the kernel's rules):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LISTENER\tSTATE")
+	for _, ls := range states {
+		switch ls.State {
+		case "fallback":
+			fmt.Fprintf(tw, "%s\tfallback since %s (%s): straight to %s, %d queries\n", ls.Listener,
+				ls.Since.Local().Format(time.RFC3339), time.Since(ls.Since).Round(time.Second), strings.Join(ls.Upstreams, ", "), ls.Queries)
+		case "nothing":
+			fmt.Fprintf(tw, "%s\tNOTHING ANSWERS: no localdns, no fallback (run `localdns fallback`)\n", ls.Listener)
+		default:
+			fmt.Fprintf(tw, "%s\t%s\n", ls.Listener, ls.State)
+		}
+	}
+	tw.Flush()
 }

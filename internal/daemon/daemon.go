@@ -201,6 +201,14 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := src.render(nil); err != nil {
 		return nil, err
 	}
+	if p != nil && p.Network.Manage {
+		// Where queries go while this localdns does not serve (a failed
+		// start, a stop), and what a start on a broken profile falls back to.
+		d.net.Fallback = fallbackRoutes(p, src.Upstreams)
+		if err := saveFallback(p.Network.FallbackFile, d.net); err != nil {
+			d.log.Warn("fallback not saved for a start on a broken profile", "err", err)
+		}
+	}
 	if err := stopped(ctx); err != nil {
 		return nil, err
 	}
@@ -488,7 +496,7 @@ func Run(ctx context.Context, opts Options) error {
 	if errors.Is(err, ErrDisabled) {
 		log.Info("mode is Disabled: removing anything localdns installed and exiting")
 		if src, lerr := opts.read(); lerr == nil && src.Profile != nil && src.Profile.Network.Manage {
-			if _, terr := Teardown(src.Profile, false); terr != nil {
+			if _, terr := Teardown(src.Profile, TeardownOptions{}); terr != nil {
 				log.Error("teardown", "err", terr)
 			}
 		}
@@ -499,6 +507,7 @@ func Run(ctx context.Context, opts Options) error {
 		return nil
 	}
 	if err != nil {
+		failOpenAfter(opts, log)
 		if preferred(opts) {
 			log.Error("localdns could not start; mode Preferred: leaving the node on its central DNS", "err", err, "exitCodeInRequiredMode", ExitCode(err))
 			sdnotify.Status("not started (Preferred mode fallback): " + err.Error())

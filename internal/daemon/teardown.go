@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"strconv"
@@ -15,10 +17,24 @@ import (
 	"github.com/localdns/localdns/internal/netsetup"
 )
 
+// TeardownOptions say what Teardown keeps and removes.
+type TeardownOptions struct {
+	// KeepIfHeld keeps everything while a socket is bound to a listener.
+	KeepIfHeld bool
+	// Purge removes the fallback too (an uninstall).
+	Purge bool
+	// ProfileBroken: the profile did not load and p holds the defaults;
+	// the fallback file of the last valid profile is used instead.
+	ProfileBroken bool
+}
+
 // TeardownResult says what Teardown did.
 type TeardownResult struct {
 	Kept bool   // addresses and rules left in place
 	Why  string // why they were kept
+	// FallbackFrom says where the fallback routes came from ("" if none
+	// was installed); NoFallback why none was.
+	FallbackFrom, NoFallback string
 }
 
 // Teardown removes every link, address and rule localdns installed for p.
@@ -30,8 +46,14 @@ type TeardownResult struct {
 // delivering (and queueing) queries to those addresses for the next process.
 // The service's ExecStopPost uses keepIfHeld; the socket unit's ExecStopPost
 // does not, so stopping both removes everything.
-func Teardown(p *config.Profile, keepIfHeld bool) (TeardownResult, error) {
-	if keepIfHeld {
+//
+// Unless purge is set, the fallback takes the listeners over (pods that
+// have a listener address in their resolv.conf keep resolving): with routes
+// from p's upstreams, or from the fallback file of the last valid profile.
+// purge removes the fallback and the fallback file as well: the node as it
+// was before localdns.
+func Teardown(p *config.Profile, opts TeardownOptions) (TeardownResult, error) {
+	if opts.KeepIfHeld {
 		for _, a := range []netip.Addr{p.NodeListener, p.ClusterListener} {
 			held, err := socketBound(netip.AddrPortFrom(a, p.Port))
 			if err != nil {
@@ -47,10 +69,35 @@ func Teardown(p *config.Profile, keepIfHeld bool) (TeardownResult, error) {
 	if _, err := hostdns.Revert(hostdns.Config{Listener: p.NodeListener, Port: p.Port, Interface: p.HostResolver.Interface}); err != nil {
 		return TeardownResult{}, fmt.Errorf("revert host resolver: %w", err)
 	}
-	if err := netsetup.Teardown(NetworkConfig(p, nil)); err != nil {
+	cfg := NetworkConfig(p, nil)
+	fp := p
+	if opts.ProfileBroken {
+		// p holds the defaults; the fallback file knows what the last
+		// valid profile installed.
+		fp = nil
+		if saved, err := loadFallback(p.Network.FallbackFile); err == nil {
+			saved.Fallback, cfg = nil, saved
+		}
+	}
+	if opts.Purge {
+		if err := netsetup.Purge(cfg); err != nil {
+			return TeardownResult{}, err
+		}
+		if err := os.Remove(p.Network.FallbackFile); err != nil && !errors.Is(err, fs.ErrNotExist) && p.Network.FallbackFile != "" {
+			return TeardownResult{}, fmt.Errorf("remove the fallback file: %w", err)
+		}
+		return TeardownResult{}, nil
+	}
+	res := TeardownResult{}
+	if fb, from, err := FallbackConfig(fp); err == nil {
+		cfg.Fallback, res.FallbackFrom = fb.Fallback, from
+	} else if err != nil {
+		res.NoFallback = err.Error()
+	}
+	if err := netsetup.Teardown(cfg); err != nil {
 		return TeardownResult{}, err
 	}
-	return TeardownResult{}, nil
+	return res, nil
 }
 
 // socketBound reports "udp" or "tcp" when a socket in this network namespace

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
 
 	"github.com/miekg/dns"
+
+	"github.com/localdns/localdns/internal/netsetup"
 )
 
 // ProbeName is the name every probe asks for. The health-check zone is served
@@ -30,7 +33,9 @@ func Probe(ctx context.Context, addr netip.AddrPort, network string) error {
 	}
 	m := new(dns.Msg)
 	m.SetQuestion(ProbeName, dns.TypeA)
-	c := &dns.Client{Net: network}
+	// The mark lets the probe through the fallback (which would send it to
+	// an upstream) to the listener itself.
+	c := &dns.Client{Net: network, Dialer: &net.Dialer{Control: netsetup.MarkControl(netsetup.ProbeMark)}}
 	r, _, err := c.ExchangeContext(ctx, m, addr.String())
 	if err != nil {
 		return fmt.Errorf("probe %s/%s: %w", addr, network, err)
