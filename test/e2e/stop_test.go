@@ -127,3 +127,39 @@ func TestSecondSignalEndsASlowStop(t *testing.T) {
 	}
 	t.Logf("exited %s after the second SIGTERM", took.Round(time.Millisecond))
 }
+
+// TestSecondInstanceDoesNotWriteTheSnapshot: a second `localdns run` on the
+// same profile cannot bind and stops; it must leave the snapshot to the
+// running instance (it used to write its own, empty cache over it on the
+// way out).
+func TestSecondInstanceDoesNotWriteTheSnapshot(t *testing.T) {
+	up := testdns.Start(t, "192.0.2.32")
+	profile, node := writeStopProfile(t, up.Addr)
+	snapshot := filepath.Join(filepath.Dir(profile), "cache.snapshot")
+	first := startDaemon(t, node, "--config", profile)
+	testdns.Query(t, "udp", node, "kept.example.", dns.TypeA)
+
+	var log testbin.Log
+	second := exec.Command(binary, "run", "--config", profile)
+	second.Stdout, second.Stderr = &log, &log
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := waitExit(second, time.Now(), 10*time.Second); !ok {
+		t.Fatalf("second instance still running; log:\n%s", log.String())
+	}
+	if !strings.Contains(log.String(), "Not writing the cache snapshot") || !strings.Contains(log.String(), fmt.Sprintf("process %d holds its lock", first.cmd.Process.Pid)) {
+		t.Errorf("second instance does not say it leaves the snapshot to the first; log:\n%s", log.String())
+	}
+	if _, err := os.Stat(snapshot); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the second instance wrote the snapshot (err %v); log:\n%s", err, log.String())
+	}
+
+	first.cmd.Process.Signal(syscall.SIGTERM)
+	if _, _, ok := waitExit(first.cmd, time.Now(), 10*time.Second); !ok {
+		t.Fatal("first instance did not stop")
+	}
+	if !strings.Contains(first.Log(), "Saved ") || strings.Contains(first.Log(), "Saved 0 ") {
+		t.Errorf("the first instance did not write its snapshot at stop; log:\n%s", first.Log())
+	}
+}
