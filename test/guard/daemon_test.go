@@ -28,10 +28,11 @@ func TestMain(m *testing.M) { testbin.Main(m, &localdnsBin) }
 
 // daemon is a running `localdns run` process.
 type daemon struct {
-	cmd  *exec.Cmd
-	log  testbin.Log
-	node string // node listener ip:port
-	pods string // cluster listener ip:port
+	cmd    *exec.Cmd
+	log    testbin.Log
+	exited chan struct{} // closed once the process has exited
+	node   string        // node listener ip:port
+	pods   string        // cluster listener ip:port
 }
 
 // profileText is a loopback-only profile: both upstream lists point at
@@ -69,7 +70,8 @@ func startLocaldns(t *testing.T, nodeIP, podsIP, upstream, snapshot, extra strin
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
+	d.exited = make(chan struct{})
+	exited := d.exited
 	go func() { d.cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		d.cmd.Process.Signal(syscall.SIGTERM)
@@ -106,7 +108,12 @@ func startLocaldns(t *testing.T, nodeIP, podsIP, upstream, snapshot, extra strin
 
 // alive says whether the process still runs.
 func (d *daemon) alive() bool {
-	return d.cmd.ProcessState == nil && d.cmd.Process.Signal(syscall.Signal(0)) == nil
+	select {
+	case <-d.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 // rss returns the process's resident set size in bytes.

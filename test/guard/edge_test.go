@@ -340,3 +340,50 @@ func TestReloadsUnderLoad(t *testing.T) {
 		t.Fatal("localdns died")
 	}
 }
+
+// TestDamagedOrUnwritableSnapshot: whatever is at the snapshot path, the
+// binary starts, answers, and stops cleanly (the plugin-level cases are in
+// plugin/nodecache; this is the process with its daemon around it). An
+// unwritable path is one whose parent is a regular file, which even root
+// cannot create.
+func TestDamagedOrUnwritableSnapshot(t *testing.T) {
+	a := startAuth(t)
+	for name, content := range map[string][]byte{
+		"garbage":    []byte("this is not a snapshot"),
+		"truncated":  []byte("LDNSCACH\x00\x01\x00\x00\x00\x00\x00\x05"),
+		"empty":      {},
+		"unwritable": nil,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := dir + "/cache.snapshot"
+			if content == nil {
+				if err := os.WriteFile(dir+"/file", nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				path = dir + "/file/cache.snapshot"
+			} else if err := os.WriteFile(path, content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			d := startLocaldns(t, "127.0.51.1", "127.0.51.2", a.addr, path, "")
+			for _, l := range []string{d.node, d.pods} {
+				if err := probe(l); err != nil {
+					t.Fatalf("with a %s snapshot: %v", name, err)
+				}
+			}
+			d.cmd.Process.Signal(syscall.SIGTERM)
+			deadline := time.Now().Add(10 * time.Second)
+			for d.alive() {
+				if time.Now().After(deadline) {
+					t.Fatalf("did not stop within 10s of SIGTERM")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if content != nil {
+				if b, err := os.ReadFile(path); err != nil || !strings.HasPrefix(string(b), "LDNSCACH") {
+					t.Errorf("the %s snapshot was not replaced by a good one at shutdown: %q %v", name, b, err)
+				}
+			}
+		})
+	}
+}
