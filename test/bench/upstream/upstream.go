@@ -44,18 +44,19 @@ func Start(addr string, ip net.IP, ttl uint32) (*Server, error) {
 
 // StartInNamespace is Start for a server inside a network namespace the
 // benchmark created (a "pod" behind a DNAT): any address is accepted, but
-// only when this process is not in the initial network namespace, so the
-// server is never reachable from outside the benchmark.
+// only when this process is not in its parent's network namespace (the
+// benchmark starts it with "ip netns exec"), so the server is never
+// reachable from outside the benchmark.
 func StartInNamespace(addr string, ip net.IP, ttl uint32) (*Server, error) {
 	self, err := os.Readlink("/proc/self/ns/net")
 	if err != nil {
 		return nil, fmt.Errorf("upstream: own network namespace: %w", err)
 	}
-	init, err := os.Readlink("/proc/1/ns/net")
+	parent, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", os.Getppid()))
 	if err != nil {
-		return nil, fmt.Errorf("upstream: initial network namespace: %w", err)
+		return nil, fmt.Errorf("upstream: parent's network namespace: %w", err)
 	}
-	if self == init {
+	if self == parent {
 		return nil, fmt.Errorf("upstream address %q: not in a network namespace of the benchmark's own", addr)
 	}
 	return start(addr, ip, ttl)
