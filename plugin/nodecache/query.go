@@ -25,7 +25,13 @@ const (
 	// maxNameWire is the longest domain name in wire format.
 	maxNameWire = 255
 
-	optNSID  = 3  // EDNS0 NSID option code.
+	optNSID    = 3 // EDNS0 NSID option code.
+	optDAU     = 5 // EDNS0 option codes whose content is never invalid.
+	optDHU     = 6
+	optN3U     = 7
+	optCookie  = 10
+	optPadding = 12
+
 	optEDE   = 15 // EDNS0 Extended DNS Error option code.
 	edeStale = 3  // Extended DNS Error "Stale Answer".
 )
@@ -78,8 +84,17 @@ var (
 
 // parseQuery reads the header, the single question and an optional OPT
 // record of a raw query. Anything else (other opcodes, several questions,
-// records besides OPT, compressed question names, EDNS version != 0) is
-// reported as an error so the caller hands the query to the full server.
+// records besides OPT, compressed question names, EDNS version != 0, an
+// EDNS0 option that does not unpack) is reported as an error so the caller
+// hands the query to the full server.
+//
+// This is the one rule of the wire path for what a query must look like: it
+// accepts only queries that CoreDNS's server (miekg/dns's header check and
+// Unpack, then EDNS version and class checks) passes to the plugin chain
+// unchanged, so the wire path never answers what the chain would answer with
+// FORMERR, NOTIMP, BADVERS or REFUSED, or not at all. For the EDNS0 options
+// whose content miekg/dns validates (client subnet, expire, keepalive, ...)
+// it asks miekg/dns itself, which costs an unpack on those queries only.
 func parseQuery(b []byte, q *query) error {
 	if len(b) < 12 {
 		return errMalformed
@@ -150,6 +165,7 @@ func parseQuery(b []byte, q *query) error {
 	if off+rdlen != len(b) {
 		return errMalformed
 	}
+	check := false // an option whose content miekg/dns validates
 	for end := off + rdlen; off < end; {
 		if off+4 > end {
 			return errMalformed
@@ -160,9 +176,19 @@ func parseQuery(b []byte, q *query) error {
 		if off > end {
 			return errMalformed
 		}
-		if code == optNSID {
+		switch code {
+		case optNSID:
 			q.nsid = true
+		case optDAU, optDHU, optN3U, optCookie, optPadding:
+			// Any content unpacks.
+		default:
+			check = true
 		}
+	}
+	if check && new(dns.Msg).Unpack(b) != nil {
+		// An option miekg/dns cannot unpack (e.g. a client subnet with a
+		// bad family or prefix): CoreDNS's server answers FORMERR.
+		return errMalformed
 	}
 	return nil
 }

@@ -3,6 +3,8 @@ package nodecache
 import (
 	"context"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // HitStatus tells a front-end what ServeWire did.
@@ -38,7 +40,9 @@ func (s HitStatus) String() string {
 // It is safe for concurrent use and does not allocate.
 func (s *Store) ServeWire(ns Namespace, msg []byte, proto Proto, now time.Time, out []byte) (int, HitStatus) {
 	var q query
-	if err := parseQuery(msg, &q); err != nil || !q.cacheable() || q.nsid {
+	// Only class IN: CoreDNS's server refuses other classes unless the chaos
+	// plugin is loaded, which the chain then handles.
+	if err := parseQuery(msg, &q); err != nil || !q.cacheable() || q.nsid || q.qclass != dns.ClassINET {
 		return 0, Miss
 	}
 	flags := queryFlags(q.do, q.cd)
