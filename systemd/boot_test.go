@@ -24,11 +24,13 @@ import (
 //   - the watchdog is fed (a test drop-in sets WatchdogSec=5, a ping a second);
 //   - after SIGKILL a query sent in the gap is queued by the socket and
 //     answered by the restarted daemon, the listener addresses and rules stay;
-//   - reload works; stopping both units removes addresses and rules, and the
-//     cache snapshot is left in the StateDirectory;
+//   - reload works; stopping both units removes the addresses and hands the
+//     listeners to the fallback, and the cache snapshot is left in the
+//     StateDirectory;
 //   - in a crash loop (a test drop-in makes every start fail) the service
 //     gives up at its start limit, the socket fails with it, and the socket's
-//     teardown removes addresses and rules.
+//     teardown removes the addresses and leaves the fallback; teardown
+//     --purge removes that too.
 //
 // Isolation: inside the namespaces the root file system is read-only, /run,
 // /tmp, /var/{tmp,log,lib,cache} are private tmpfs, /etc is a copy, /proc/sys
@@ -142,7 +144,8 @@ func TestUnderSystemd(t *testing.T) {
 	}
 	sb.dig(t, "169.254.10.10", false, 3)
 
-	// Stop both: everything installed is removed by the socket's teardown.
+	// Stop both: the socket's teardown removes the addresses and leaves the
+	// fallback in charge of the listeners.
 	sb.run(t, "systemctl", "stop", "localdns.socket", "localdns.service")
 	for _, u := range []string{"localdns.service", "localdns.socket"} {
 		if s, r := sb.show(t, u, "ActiveState"), sb.show(t, u, "Result"); s != "inactive" || r != "success" {
@@ -152,8 +155,8 @@ func TestUnderSystemd(t *testing.T) {
 	if addrs := sb.run(t, "ip", "-4", "addr", "show", "dev", "lo"); strings.Contains(addrs, "169.254.10.1") {
 		t.Errorf("listener addresses left after stop:\n%s", addrs)
 	}
-	if tables := sb.run(t, "nft", "list", "tables"); strings.Contains(tables, "localdns") {
-		t.Errorf("conntrack-bypass table left after stop: %q", tables)
+	if tables := sb.run(t, "nft", "list", "tables"); !strings.Contains(tables, "table inet localdns-fallback") || strings.Contains(tables, "table inet localdns\n") {
+		t.Errorf("after stop: want the fallback table and no conntrack-bypass table: %q", tables)
 	}
 	if snap := sb.run(t, "stat", "-c", "%U %a", "/var/lib/localdns/cache.snapshot"); strings.TrimSpace(snap) != "localdns 600" {
 		t.Errorf("cache snapshot: %q, want owner localdns, mode 600", snap)
@@ -186,8 +189,13 @@ func TestUnderSystemd(t *testing.T) {
 	if addrs := sb.run(t, "ip", "-4", "addr", "show", "dev", "lo"); strings.Contains(addrs, "169.254.10.1") {
 		t.Errorf("listener addresses left after the start limit:\n%s", addrs)
 	}
+	if tables := sb.run(t, "nft", "list", "tables"); !strings.Contains(tables, "table inet localdns-fallback") || strings.Contains(tables, "table inet localdns\n") {
+		t.Errorf("after the start limit: want the fallback table and no conntrack-bypass table: %q", tables)
+	}
+	// An uninstall removes the fallback too.
+	sb.run(t, "localdns", "teardown", "--purge", "--config", "/etc/localdns/localdns.yaml")
 	if tables := sb.run(t, "nft", "list", "tables"); strings.Contains(tables, "localdns") {
-		t.Errorf("conntrack-bypass table left after the start limit: %q", tables)
+		t.Errorf("after teardown --purge: %q", tables)
 	}
 }
 
@@ -237,13 +245,15 @@ StandardError=inherit
 	write(t, filepath.Join(root, "units/system.slice"), "[Unit]\nDescription=stand-in\nDefaultDependencies=no\n")
 	write(t, filepath.Join(root, "units/test.target"), "[Unit]\nDescription=localdns units test\nWants=localdns.socket localdns.service\n")
 
-	// A profile whose upstreams are unused loopback addresses in the netns.
+	// A profile whose upstreams are documentation addresses nothing routes
+	// to in the test's network namespace (it has only lo): no query leaves
+	// it. Not loopback: the fallback skips upstreams only the host reaches.
 	write(t, filepath.Join(root, "etc/localdns/localdns.yaml"), `mode: Required
 listeners:
   node: 169.254.10.10
   cluster: 169.254.10.11
-clusterDNS: [127.0.0.77]
-vnetDNS: [127.0.0.78]
+clusterDNS: [192.0.2.77]
+vnetDNS: [192.0.2.78]
 network:
   manage: true
 metrics: 127.0.0.1:9253
