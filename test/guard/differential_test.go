@@ -112,7 +112,9 @@ var (
 	// sends a datagram that IP must fragment.
 	udpCap = &intended{[]string{"answer"}, "UDP answers capped at 1232 bytes; stock honours a claimed 65535",
 		func(s, l *dns.Msg) error {
-			wire, err := l.Pack()
+			c := l.Copy()
+			c.Compress = true // as it came off the wire (Unpack leaves Compress off)
+			wire, err := c.Pack()
 			if err != nil {
 				return err
 			}
