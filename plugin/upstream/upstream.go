@@ -29,14 +29,15 @@
 //     per CoreDNS instance however many blocks use it, and the probe is
 //     skipped when a real query to it got an answer within the interval (a
 //     busy upstream costs no extra probes).
-//   - Spread. A kube-proxy service IP is a DNAT chosen per conntrack flow; a
-//     reused UDP socket is one flow and pins all of a node's queries to one
-//     CoreDNS pod. By default every UDP query goes out on a fresh socket
-//     (fresh random source port, new conntrack entry, fresh DNAT choice), and
-//     TCP connections live at most one second; "spread DURATION" caps socket
-//     lifetime instead (fewer sockets and conntrack entries, spread over
-//     time). This is done with the proxy transport's own knobs (idle expiry
-//     0 and one idle socket; connection max age), not a transport of our own.
+//   - Spread with bounded conntrack. A kube-proxy service IP is a DNAT
+//     chosen per conntrack flow; a reused UDP socket is one flow and pins
+//     queries to one CoreDNS pod, a socket per query is a conntrack entry
+//     per miss. UDP queries go over a pool of connected sockets per
+//     upstream (pool.go), each retired after its lifetime ("spread") or on
+//     a timeout or ICMP error, with random IDs and replies matched by ID
+//     and question. TCP uses the proxy transport with a connection max age.
+//   - An overall deadline per query ("timeout", default 2 s): SERVFAIL
+//     after it, before clients retry.
 //
 // Metrics are package-level collectors on the default Prometheus registry,
 // which CoreDNS's prometheus plugin serves; this is the CoreDNS convention and
@@ -48,6 +49,7 @@ import (
 	"context"
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/debug"
@@ -84,6 +86,10 @@ type Upstream struct {
 	neverFailover []string
 
 	opts proxy.Options
+	// timeout is the overall deadline of a query: after it, SERVFAIL.
+	timeout time.Duration
+	// try is the longest one try (one upstream, once) waits for its answer.
+	try time.Duration
 
 	Next plugin.Handler
 }
@@ -105,6 +111,11 @@ func (u *Upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		}
 	}
 
+	// Every query gets an answer within timeout: the client (glibc, musl:
+	// 5 s) must not have to retry, and a cache above can serve stale.
+	ctx, cancel := context.WithTimeout(ctx, u.timeout)
+	defer cancel()
+
 	// A name that may fail over tries each route upstream once: after a
 	// timeout the failover group answers sooner than a second try would.
 	mayFailover := u.mayFailover(state.Name())
@@ -112,10 +123,10 @@ func (u *Upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 	if mayFailover {
 		attempts = 1
 	}
-	ret, err := u.route.exchange(ctx, state, u.opts, attempts)
+	ret, err := u.route.exchange(ctx, state, u.opts, attempts, u.try)
 	if err != nil && mayFailover && ctx.Err() == nil && !isRequestError(err) {
 		failovers.WithLabelValues(u.route.name, u.failover.name).Inc()
-		ret, err = u.failover.exchange(ctx, state, u.opts, attemptsPerUpstream)
+		ret, err = u.failover.exchange(ctx, state, u.opts, attemptsPerUpstream, u.try)
 		if errors.Is(err, ErrNoHealthy) {
 			fastFailures.WithLabelValues(u.failover.name).Inc()
 		}
