@@ -14,9 +14,6 @@ import (
 )
 
 const (
-	// exchangeTimeout bounds the time one group spends on one query, as
-	// forward's defaultTimeout does.
-	exchangeTimeout = 5 * time.Second
 	// attemptsPerUpstream is how often one query may try each healthy
 	// upstream of a group, as forward's defaultConnectAttemptsPerUpstream.
 	// With "spread query", a second try to a service IP goes out on a new
@@ -33,9 +30,11 @@ type group struct {
 }
 
 // member is one upstream of a group in one server block: the block's own
-// CoreDNS proxy (its transport carries the block's protocol and spread
-// settings) and the health state it shares with other blocks.
+// pool of UDP sockets, its own CoreDNS proxy for TCP (force_tcp, and retries
+// of truncated answers; its transport carries the block's spread settings)
+// and the health state it shares with other blocks.
 type member struct {
+	pool  *udpPool
 	p     *proxy.Proxy
 	h     *health
 	group string
@@ -43,25 +42,26 @@ type member struct {
 }
 
 // exchange sends the query to the group's upstreams in policy order, skipping
-// those that are down, at most attempts times each, and returns the first
-// answer. It returns ErrNoHealthy without sending anything when every
-// upstream is down, and the last I/O error when every attempt failed.
-func (g *group) exchange(ctx context.Context, state request.Request, opts proxy.Options, attempts int) (*dns.Msg, error) {
+// those that are down, at most attempts times each, each try waiting at most
+// try for its answer, and returns the first answer. It gives up when ctx is
+// done (the query's overall deadline). It returns ErrNoHealthy without
+// sending anything when every upstream is down, and the last I/O error when
+// every attempt failed.
+func (g *group) exchange(ctx context.Context, state request.Request, opts proxy.Options, attempts int, try time.Duration) (*dns.Msg, error) {
 	list := g.policy.List(g.members)
-	deadline := time.Now().Add(exchangeTimeout)
 	maxAttempts := attempts * len(list)
 
 	var lastErr error
 	next := 0
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		if ctx.Err() != nil || time.Now().After(deadline) {
+		if ctx.Err() != nil {
 			break
 		}
 		m := g.nextHealthy(list, &next)
 		if m == nil {
 			break
 		}
-		ret, err := m.query(ctx, state, opts)
+		ret, err := m.query(ctx, state, opts, try)
 		if err == nil {
 			return ret, nil
 		}
@@ -71,10 +71,10 @@ func (g *group) exchange(ctx context.Context, state request.Request, opts proxy.
 		lastErr = err
 		m.h.checkSoon()
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("group %s: %w", g.name, err)
+	}
 	if lastErr == nil {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
 		return nil, fmt.Errorf("group %s: %w", g.name, ErrNoHealthy)
 	}
 	return nil, fmt.Errorf("group %s: %w", g.name, lastErr)
@@ -93,13 +93,24 @@ func (g *group) nextHealthy(list []*member, next *int) *member {
 	return nil
 }
 
-// query sends one query to this upstream, retrying as forward does when a
-// cached connection was closed, and over TCP when a UDP answer is truncated.
-func (m *member) query(ctx context.Context, state request.Request, opts proxy.Options) (*dns.Msg, error) {
+// query sends one query to this upstream and waits at most try for the
+// answer (less when ctx's deadline is sooner): over UDP through the pool,
+// over TCP (force_tcp, or when a UDP answer is truncated) through the proxy,
+// retrying as forward does when a cached connection was closed.
+func (m *member) query(ctx context.Context, state request.Request, opts proxy.Options, try time.Duration) (*dns.Msg, error) {
 	requests.WithLabelValues(m.group, m.addr).Inc()
 	start := time.Now()
+	if d, ok := ctx.Deadline(); ok {
+		try = min(try, time.Until(d))
+	}
 	for {
-		ret, _, _, err := m.p.Connect(ctx, state, opts)
+		var ret *dns.Msg
+		var err error
+		if opts.ForceTCP || m.pool == nil {
+			ret, _, _, err = m.p.Connect(ctx, state, opts)
+		} else {
+			ret, err = m.udp(ctx, state, try)
+		}
 		if errors.Is(err, proxy.ErrCachedClosed) {
 			continue
 		}
@@ -116,6 +127,32 @@ func (m *member) query(ctx context.Context, state request.Request, opts proxy.Op
 		return ret, nil
 	}
 }
+
+// udp sends the query over the pool.
+func (m *member) udp(ctx context.Context, state request.Request, try time.Duration) (*dns.Msg, error) {
+	wire, err := state.Req.Pack()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", proxy.ErrInvalidRequest, err)
+	}
+	var q dns.Question
+	if len(state.Req.Question) > 0 {
+		q = state.Req.Question[0]
+	}
+	// A socket that reported an error (ICMP unreachable: the backend its
+	// flow is pinned to is gone) is retired at once; the query goes again
+	// on another socket, a few times, before the try counts as failed.
+	for range udpErrorRetries {
+		ret, err := m.pool.exchange(ctx, wire, q, try)
+		if !errors.Is(err, errRetired) {
+			return ret, err
+		}
+	}
+	return m.pool.exchange(ctx, wire, q, try)
+}
+
+// udpErrorRetries is how often one try goes again on another socket after
+// the socket it used reported an error.
+const udpErrorRetries = 3
 
 func rcodeString(rc int) string {
 	if s, ok := dns.RcodeToString[rc]; ok {

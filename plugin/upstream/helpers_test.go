@@ -33,12 +33,15 @@ type fakeUpstream struct {
 	answer  string // the A record data it answers with
 	nxZones []string
 
-	silent   atomic.Bool
-	badProbe atomic.Bool                   // answer health probes with garbage
-	badRoot  atomic.Bool                   // answer ". NS" probes with garbage (as if VNet DNS behind it were down)
-	probes   atomic.Int64                  // health probes answered
-	truncate atomic.Bool                   // answer UDP queries with TC set and no answer
-	hold     atomic.Pointer[chan struct{}] // when set, queries wait for it to close
+	silent atomic.Bool
+	// dropQueries: answer health probes, never a query (a black hole whose
+	// probes still pass).
+	dropQueries atomic.Bool
+	badProbe    atomic.Bool                   // answer health probes with garbage
+	badRoot     atomic.Bool                   // answer ". NS" probes with garbage (as if VNet DNS behind it were down)
+	probes      atomic.Int64                  // health probes answered
+	truncate    atomic.Bool                   // answer UDP queries with TC set and no answer
+	hold        atomic.Pointer[chan struct{}] // when set, queries wait for it to close
 
 	mu       sync.Mutex
 	queries  []string // qnames of non-health-check queries, in order, answered or not
@@ -88,6 +91,9 @@ func (f *fakeUpstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		f.mu.Unlock()
 		if h := f.hold.Load(); h != nil {
 			<-*h
+		}
+		if f.dropQueries.Load() {
+			return
 		}
 	}
 	m := new(dns.Msg)

@@ -50,6 +50,13 @@ var (
 		Help:      "Queries answered SERVFAIL at once because the group had no healthy upstream.",
 	}, []string{"group"})
 
+	unmatchedReplies = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace,
+		Subsystem: subsystem,
+		Name:      "unmatched_replies_total",
+		Help:      "UDP replies dropped because no query in flight on their socket had their ID and question (late, after the query gave up, or forged).",
+	}, []string{"group", "upstream"})
+
 	maxConcurrentRejects = promauto.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace,
 		Subsystem: subsystem,

@@ -21,10 +21,17 @@ const (
 	defaultMaxConcurrent = 1000
 	defaultHCInterval    = 500 * time.Millisecond
 	defaultMaxFails      = 2
-	// defaultTCPSpread is the default lifetime of an upstream TCP
-	// connection. A connection per query would leave a TIME_WAIT socket per
-	// query and can run out of source ports to one service IP.
-	defaultTCPSpread = 1 * time.Second
+	// defaultSpread is the default lifetime of an upstream socket (UDP
+	// socket of the pool, or TCP connection). See the README: with
+	// defaultPool sockets it bounds the conntrack entries of one upstream
+	// to defaultPool × (30 s / 1 s + 1) = 496, and gives a flow per socket
+	// and second to spread over the service's pods.
+	defaultSpread = 1 * time.Second
+	// defaultPool is the default number of UDP sockets per upstream.
+	defaultPool = 16
+	// defaultTimeout is the default overall deadline of a query, below the
+	// 5 s after which glibc and musl clients retry.
+	defaultTimeout = 2 * time.Second
 )
 
 // Spread settings besides a socket lifetime.
@@ -33,7 +40,7 @@ const (
 	spreadOff time.Duration = -1
 	// spreadQuery sends every query on a fresh socket (connection).
 	spreadQuery time.Duration = 0
-	// spreadUnset: query over UDP, defaultTCPSpread with force_tcp.
+	// spreadUnset: defaultSpread.
 	spreadUnset time.Duration = -2
 )
 
@@ -56,6 +63,8 @@ type config struct {
 	hcDomain         string
 	maxFails         uint32
 	spread           time.Duration // socket lifetime; spreadQuery, spreadOff or a duration
+	pool             int           // UDP sockets per upstream
+	timeout          time.Duration // overall deadline of a query
 	neverFailoverSet bool
 }
 
@@ -71,7 +80,10 @@ func setup(c *caddy.Controller) error {
 		}
 	}
 
-	u := newUpstream(cfg, healthSetOf(c))
+	u, err := newUpstream(cfg, healthSetOf(c))
+	if err != nil {
+		return plugin.Error(pluginName, err)
+	}
 	c.OnStartup(func() error {
 		u.start()
 		return nil
@@ -88,21 +100,30 @@ func setup(c *caddy.Controller) error {
 }
 
 // newUpstream builds the handler and its proxies from cfg; nothing runs yet.
-func newUpstream(cfg *config, hs *healthSet) *Upstream {
+func newUpstream(cfg *config, hs *healthSet) (*Upstream, error) {
 	u := &Upstream{
 		maxConcurrent: cfg.maxConcurrent,
 		neverFailover: cfg.neverFailover,
+		timeout:       cfg.timeout,
+		// Half the deadline per try: a second try (another flow, so most
+		// likely another pod) or the failover group still fits in it.
+		try: cfg.timeout / 2,
 	}
 	u.opts.PreferUDP = !cfg.forceTCP
 	u.opts.ForceTCP = cfg.forceTCP
 
-	u.route = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy, cfg.probeDomain(true))
+	var err error
+	if u.route, err = newGroup(cfg, hs, cfg.routeName, cfg.to, cfg.policy, cfg.probeDomain(true), u.try); err != nil {
+		return nil, err
+	}
 	if len(cfg.failover) > 0 {
 		// The failover group shares the policy's rule but not its state.
 		p, _ := newPolicy(cfg.policy.String())
-		u.failover = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p, cfg.probeDomain(false))
+		if u.failover, err = newGroup(cfg, hs, cfg.failoverName, cfg.failover, p, cfg.probeDomain(false), u.try); err != nil {
+			return nil, err
+		}
 	}
-	return u
+	return u, nil
 }
 
 // probeDomain is the name a group's health probes ask NS for. The failover
@@ -126,10 +147,16 @@ func (cfg *config) probeDomain(route bool) string {
 	return "."
 }
 
-func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol policy, probe string) *group {
+func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol policy, probe string, try time.Duration) (*group, error) {
 	g := &group{name: name, policy: pol}
 	for _, addr := range addrs {
+		lifetime := cfg.spread // spreadQuery (0) and spreadOff (< 0) mean the same to the pool
+		pool, err := newUDPPool(addr, cfg.pool, lifetime, unmatchedReplies.WithLabelValues(name, addr))
+		if err != nil {
+			return nil, err
+		}
 		m := &member{
+			pool:  pool,
 			p:     proxy.NewProxy(pluginName, addr, "dns"),
 			group: name,
 			addr:  addr,
@@ -140,6 +167,7 @@ func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol polic
 				maxfails: cfg.maxFails,
 			}),
 		}
+		m.p.SetReadTimeout(try)
 		switch cfg.spread {
 		case spreadOff:
 			// forward's behaviour: reuse a socket until it idles 10s.
@@ -154,7 +182,7 @@ func newGroup(cfg *config, hs *healthSet, name string, addrs []string, pol polic
 		}
 		g.members = append(g.members, m)
 	}
-	return g
+	return g, nil
 }
 
 func (u *Upstream) groups() []*group {
@@ -178,6 +206,7 @@ func (u *Upstream) stop() {
 	for _, g := range u.groups() {
 		for _, m := range g.members {
 			m.p.Stop()
+			m.pool.close()
 		}
 	}
 }
@@ -191,6 +220,8 @@ func parseConfig(c *caddy.Controller) (*config, error) {
 		hcDomain:      "", // see probeDomain
 		maxFails:      defaultMaxFails,
 		spread:        spreadUnset,
+		pool:          defaultPool,
+		timeout:       defaultTimeout,
 		policy:        sequential{},
 		neverFailover: defaultNeverFailover(),
 	}
@@ -213,10 +244,7 @@ func parseConfig(c *caddy.Controller) (*config, error) {
 		return nil, c.Err("no upstream given: 'to' is required")
 	}
 	if cfg.spread == spreadUnset {
-		cfg.spread = spreadQuery
-		if cfg.forceTCP {
-			cfg.spread = defaultTCPSpread
-		}
+		cfg.spread = defaultSpread
 	}
 	if cfg.routeName == cfg.failoverName && len(cfg.failover) > 0 {
 		return nil, c.Errf("group_names must differ: %q", cfg.routeName)
@@ -342,6 +370,24 @@ func parseDirective(c *caddy.Controller, cfg *config) error {
 			}
 			cfg.spread = d
 		}
+	case "pool":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n < 1 || n > 4096 {
+			return c.Errf("pool: want a number of sockets from 1 to 4096, got %q", args[0])
+		}
+		cfg.pool = n
+	case "timeout":
+		if len(args) != 1 {
+			return c.ArgErr()
+		}
+		d, err := time.ParseDuration(args[0])
+		if err != nil || d < 10*time.Millisecond {
+			return c.Errf("timeout: want a duration of at least 10ms, got %q", args[0])
+		}
+		cfg.timeout = d
 	default:
 		return c.Errf("unknown property %q", dir)
 	}

@@ -57,7 +57,7 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.forceTCP || cfg.policy.String() != "sequential" || cfg.maxConcurrent != 1000 ||
-		cfg.hcInterval != 500*time.Millisecond || cfg.maxFails != 2 || cfg.spread != spreadQuery ||
+		cfg.hcInterval != 500*time.Millisecond || cfg.maxFails != 2 || cfg.spread != time.Second || cfg.pool != 16 || cfg.timeout != 2*time.Second ||
 		cfg.routeName != "route" || cfg.failoverName != "failover" || len(cfg.failover) != 0 {
 		t.Errorf("defaults: got %+v", cfg)
 	}
@@ -95,6 +95,10 @@ func TestParseErrors(t *testing.T) {
 		{"upstream {\n to 10.0.0.10\n health_check 1s domain\n}", "domain needs a name"},
 		{"upstream {\n to 10.0.0.10\n spread maybe\n}", "off, query or a positive duration"},
 		{"upstream {\n to 10.0.0.10\n spread 0s\n}", "off, query or a positive duration"},
+		{"upstream {\n to 10.0.0.10\n pool 0\n}", "pool: want a number of sockets"},
+		{"upstream {\n to 10.0.0.10\n pool 1 2\n}", "Wrong argument count"},
+		{"upstream {\n to 10.0.0.10\n timeout 1ms\n}", "timeout: want a duration of at least 10ms"},
+		{"upstream {\n to 10.0.0.10\n timeout soon\n}", "timeout: want a duration"},
 		{"upstream {\n to 10.0.0.10\n failover 10.0.0.11\n group_names x x\n}", "must differ"},
 		{"upstream {\n to 10.0.0.10\n bogus\n}", "unknown property"},
 		{"upstream {\n to 10.0.0.10\n}\nupstream {\n to 10.0.0.11\n}", "only one upstream"},
