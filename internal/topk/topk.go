@@ -54,13 +54,14 @@ func NewSketch[K comparable](k int) *Sketch[K] {
 	return &Sketch[K]{k: k, index: make(map[K]int32, k), slots: make([]slot[K], 0, k), heap: make([]int32, 0, k)}
 }
 
-// Add counts w occurrences of key.
-func (s *Sketch[K]) Add(key K, w uint64) {
+// Add counts w occurrences of key. It reports whether key was not held
+// before (a caller keeping data beside the keys needs it only then).
+func (s *Sketch[K]) Add(key K, w uint64) (added bool) {
 	s.n += w
 	if i, ok := s.index[key]; ok {
 		s.slots[i].c.Count += w
 		s.down(s.slots[i].pos)
-		return
+		return false
 	}
 	if len(s.slots) < s.k {
 		i := int32(len(s.slots))
@@ -68,7 +69,7 @@ func (s *Sketch[K]) Add(key K, w uint64) {
 		s.heap = append(s.heap, i)
 		s.index[key] = i
 		s.up(i)
-		return
+		return true
 	}
 	// Replace the minimum: the newcomer may have occurred up to min times
 	// unseen.
@@ -78,6 +79,7 @@ func (s *Sketch[K]) Add(key K, w uint64) {
 	m.c = Counter[K]{Key: key, Count: m.c.Count + w, Err: m.c.Count}
 	s.index[key] = i
 	s.down(0)
+	return true
 }
 
 // N is the number of occurrences added.
@@ -192,9 +194,10 @@ func NewWindow[K comparable](span time.Duration, slots, k int) *Window[K] {
 	return w
 }
 
-// Add counts w occurrences of key at time now.
-func (w *Window[K]) Add(now time.Time, key K, n uint64) {
-	w.current(now).Add(key, n)
+// Add counts w occurrences of key at time now and reports whether the
+// current slot did not hold key before.
+func (w *Window[K]) Add(now time.Time, key K, n uint64) (added bool) {
+	return w.current(now).Add(key, n)
 }
 
 // current returns the sketch of now's slot, rotating when now has moved

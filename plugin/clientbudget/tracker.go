@@ -126,9 +126,11 @@ func (t *Tracker) observeRefresh() {
 
 // addName counts a name under its hash, remembering the text when the
 // sketch takes the hash in: the sketches hold 8-byte hashes, so a hit on a
-// name already held allocates nothing.
+// name already held allocates nothing and does not look the text up.
 func (t *Tracker) addName(w *topk.Window[uint64], now time.Time, h uint64, name []byte) {
-	w.Add(now, h, 1)
+	if !w.Add(now, h, 1) {
+		return // held already, so its text is known
+	}
 	if _, ok := t.names[h]; !ok {
 		t.names[h] = string(name)
 		if len(t.names) > 2*windowSlots*2*topNames {

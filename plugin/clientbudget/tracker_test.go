@@ -2,6 +2,7 @@ package clientbudget
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -174,5 +175,26 @@ func BenchmarkObserveHit(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		tr.ObserveHit(clients[i%100], names[i%1000], 0)
+	}
+}
+
+// BenchmarkObserveHitSkewed is the common case: a node's hits are skewed
+// (Zipf over 2000 names from 50 pods), and the busy names stay held.
+func BenchmarkObserveHitSkewed(b *testing.B) {
+	tr := NewTracker()
+	r := rand.New(rand.NewPCG(1, 1))
+	z := rand.NewZipf(r, 1.1, 1, 1999)
+	names := make([][]byte, 4096)
+	for i := range names {
+		names[i] = fmt.Appendf(nil, "name-%d.default.svc.cluster.local.", z.Uint64())
+	}
+	clients := make([]netip.Addr, 50)
+	for i := range clients {
+		clients[i] = netip.AddrFrom4([4]byte{10, 244, 0, byte(i)})
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		tr.ObserveHit(clients[i%50], names[i&4095], 0)
 	}
 }
