@@ -6,6 +6,7 @@
 #   make bench-mem  one million unique names through a 32 MiB cache, peak RSS
 #   make lab      the full seed experiment in network namespaces (root)
 #   make lab-short  its short variant (< 3 min)
+#   make package  Debian packages dist/localdns_<version>_<arch>.deb (VERSION=x.y.z)
 
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -72,3 +73,24 @@ lab-ci: lab-bins
 
 clean:
 	rm -rf bin
+
+# Debian packages (deploy/package/README.md): $(DIST)/localdns_<version>_<arch>.deb
+# for each of PACKAGE_ARCHS, from a static build (CGO_ENABLED=0) per
+# architecture, packed by nfpm (a Go tool dependency of deploy/package/tool).
+# VERSION may carry a leading v; one that is not a dotted version number (git
+# describe without tags: a commit hash) becomes 0.0.0~git<VERSION>, which
+# sorts before any release.
+PACKAGE_ARCHS ?= amd64 arm64
+DIST ?= dist
+DIGITS := 0 1 2 3 4 5 6 7 8 9
+PKG_VERSION = $(if $(and $(filter $(addsuffix %,$(DIGITS)),$(VERSION:v%=%)),$(findstring .,$(VERSION))),$(VERSION:v%=%),0.0.0~git$(VERSION))
+
+.PHONY: package
+package:
+	cd deploy/package/tool && $(GO) build -o $(CURDIR)/bin/nfpm github.com/goreleaser/nfpm/v2/cmd/nfpm
+	@mkdir -p dist/build $(DIST)
+	set -e; for arch in $(PACKAGE_ARCHS); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/build/localdns ./cmd/localdns; \
+		VERSION='$(PKG_VERSION)' ARCH=$$arch ./bin/nfpm package -f deploy/package/nfpm.yaml -p deb -t $(DIST)/localdns_$(PKG_VERSION)_$$arch.deb; \
+	done
+	@rm -rf dist/build
