@@ -192,3 +192,42 @@ func TestRemoveAndPurge(t *testing.T) {
 		}
 	}
 }
+
+// TestGenerator runs the packaged generator as systemd would (three output
+// directories) on the shipped profile: the drop-ins carry AKS's defaults.
+// Without a profile it writes nothing.
+func TestGenerator(t *testing.T) {
+	r := newScriptRoot(t)
+	gen := "/usr/lib/systemd/system-generators/localdns-generator"
+	run := func() {
+		cmd := exec.Command("unshare", "--net", "chroot", r.dir, "/bin/sh", gen, "/gen", "/gen.early", "/gen.late")
+		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("generator: %v\n%s", err, out)
+		}
+	}
+	r.mkdir(t, "gen")
+	run()
+	slice := readFile(t, filepath.Join(r.dir, "gen/localdns.slice.d/50-limits.conf"))
+	svc := readFile(t, filepath.Join(r.dir, "gen/localdns.service.d/50-limits.conf"))
+	for _, want := range []string{"\nCPUQuota=200%\n", "\nMemoryMax=128M\n"} {
+		if !strings.Contains(slice, want) {
+			t.Errorf("slice drop-in lacks %q:\n%s", want, slice)
+		}
+	}
+	if !strings.Contains(svc, "\nEnvironment=GOMEMLIMIT=111MiB\n") {
+		t.Errorf("service drop-in:\n%s", svc)
+	}
+
+	if err := os.RemoveAll(filepath.Join(r.dir, "gen")); err != nil {
+		t.Fatal(err)
+	}
+	r.mkdir(t, "gen")
+	if err := os.Remove(filepath.Join(r.dir, "etc/localdns/localdns.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	run()
+	if entries, _ := os.ReadDir(filepath.Join(r.dir, "gen")); len(entries) != 0 {
+		t.Errorf("without a profile the generator wrote %v", entries)
+	}
+}
