@@ -18,6 +18,9 @@ const nxdomain = dns.RcodeNameError
 type ClientBudget struct {
 	Next    plugin.Handler
 	tracker *Tracker
+	// server labels the metrics of queries whose context carries no
+	// server (the cache's background refreshes): the block's listener.
+	server string
 }
 
 // Name implements plugin.Handler.
@@ -28,6 +31,9 @@ func (b *ClientBudget) Name() string { return pluginName }
 // client gets SERVFAIL otherwise.
 func (b *ClientBudget) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	server := metrics.WithServer(ctx)
+	if server == "" {
+		server = b.server
+	}
 	client := clientOf(w.RemoteAddr())
 	if client.Port() == 0 {
 		// The cache's own refresh or prefetch: nodecache sends those with

@@ -2,6 +2,7 @@ package clientbudget
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 
@@ -57,8 +58,13 @@ func setup(c *caddy.Controller) error {
 		t.SetBudget(bg.rate, bg.burst)
 		return nil
 	})
+	cfg := dnsserver.GetConfig(c)
 	h := &ClientBudget{tracker: t}
-	dnsserver.GetConfig(c).AddPlugin(func(next plugin.Handler) plugin.Handler {
+	if len(cfg.ListenHosts) > 0 && cfg.ListenHosts[0] != "" {
+		// As CoreDNS's metrics.WithServer names a server: "dns://host:port".
+		h.server = "dns://" + net.JoinHostPort(cfg.ListenHosts[0], cfg.Port)
+	}
+	cfg.AddPlugin(func(next plugin.Handler) plugin.Handler {
 		h.Next = next
 		return h
 	})

@@ -257,7 +257,8 @@ func (s *udpSock) read() {
 // drops it.
 func (s *udpSock) deliver(b []byte) {
 	m := new(dns.Msg)
-	if err := m.Unpack(b); err != nil {
+	if err := m.Unpack(b); err != nil || !m.Response {
+		// Garbage, or a query (QR=0) sent back at us: never an answer.
 		s.pool.unmatched.Inc()
 		return
 	}
