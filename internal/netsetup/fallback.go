@@ -130,54 +130,10 @@ func fallbackRules(cfg Config, seed uint32) []ruleSpec {
 		}
 	}
 	for _, r := range cfg.Fallback {
-		rs = append(rs, ruleSpec{"masquerade", append(ctOrigDst(r.Listener),
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto(r.Listener)}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addrOffset(r.Listener, false), Len: addrLen(r.Listener)},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: r.Listener.AsSlice()},
-			&expr.Counter{},
-			&expr.Masq{},
-		)})
+		es := append(ctOrigDst(r.Listener), matchAddr(r.Listener, false)...)
+		rs = append(rs, ruleSpec{"masquerade", append(es, &expr.Counter{}, &expr.Masq{})})
 	}
 	return rs
-}
-
-func nfproto(a netip.Addr) byte {
-	if a.Is6() {
-		return unix.NFPROTO_IPV6
-	}
-	return unix.NFPROTO_IPV4
-}
-
-func addrLen(a netip.Addr) uint32 { return uint32(a.BitLen() / 8) }
-
-// addrOffset is the offset of the destination (dst) or source address in
-// a's IP header.
-func addrOffset(a netip.Addr, dst bool) uint32 {
-	switch {
-	case a.Is6() && dst:
-		return 24
-	case a.Is6():
-		return 8
-	case dst:
-		return 16
-	default:
-		return 12
-	}
-}
-
-// matchDst matches packets of protocol proto to a:port.
-func matchDst(a netip.Addr, proto byte, port uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto(a)}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addrOffset(a, true), Len: addrLen(a)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
-	}
 }
 
 // l4CsumOffset is where proto's checksum is in its header.
@@ -193,7 +149,7 @@ func l4CsumOffset(proto byte) uint32 {
 // for "ip daddr L udp dport P jhash ip saddr . udp sport mod n seed 0x0 == i
 // counter ip daddr set U udp dport set U.port".
 func rewriteExprs(listener netip.Addr, proto byte, port uint16, i, n int, u netip.AddrPort, seed uint32) []expr.Any {
-	es := matchDst(listener, proto, port)
+	es := matchAddrPort(listener, proto, port, true)
 	if n > 1 {
 		es = append(es,
 			// jhash over the source address and port, loaded into
@@ -248,7 +204,7 @@ func dnatExprs(listener netip.Addr, proto byte, u netip.AddrPort) []expr.Any {
 	if u.Addr().Is6() {
 		family = unix.NFPROTO_IPV6
 	}
-	es := append(ctOrigDst(listener), matchDst(u.Addr(), proto, u.Port())...)
+	es := append(ctOrigDst(listener), matchAddrPort(u.Addr(), proto, u.Port(), true)...)
 	return append(es,
 		&expr.Counter{},
 		&expr.Immediate{Register: 1, Data: u.Addr().AsSlice()},
@@ -394,13 +350,11 @@ func fallbackStatus(cfg Config) (FallbackState, error) {
 	if err != nil {
 		return fs, err
 	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	tables, err := inetTables(c)
 	if err != nil {
-		return fs, fmt.Errorf("netsetup: listing nftables tables: %w", err)
+		return fs, err
 	}
-	for _, t := range tables {
-		fs.Present = fs.Present || t.Name == cfg.FallbackTable
-	}
+	fs.Present = tables[cfg.FallbackTable]
 	if !fs.Present {
 		return fs, nil
 	}

@@ -59,30 +59,70 @@ func wantRules(cfg Config) []ruleSpec {
 // "ip daddr A udp dport P counter notrack" in an inet table, so that
 // `nft list table` prints them that way.
 func notrackExprs(a netip.Addr, proto byte, port uint16, dst bool) []expr.Any {
-	nfproto := byte(unix.NFPROTO_IPV4)
-	addrOff, portOff := uint32(12), uint32(0) // saddr, sport
-	if dst {
-		addrOff, portOff = 16, 2
-	}
-	if a.Is6() {
-		nfproto = unix.NFPROTO_IPV6
-		addrOff = 8
-		if dst {
-			addrOff = 24
-		}
-	}
+	return append(matchAddrPort(a, proto, port, dst), &expr.Counter{}, &expr.Notrack{})
+}
+
+// matchAddr matches packets of a's family to (dst) or from (!dst) a:
+// "ip daddr A" / "ip6 saddr A".
+func matchAddr(a netip.Addr, dst bool) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addrOff, Len: uint32(a.BitLen() / 8)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto(a)}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: addrOffset(a, dst), Len: addrLen(a)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()},
+	}
+}
+
+// matchAddrPort matches packets of protocol proto to (dst) or from (!dst)
+// a:port: "ip daddr A udp dport P".
+func matchAddrPort(a netip.Addr, proto byte, port uint16, dst bool) []expr.Any {
+	portOff := uint32(0) // sport
+	if dst {
+		portOff = 2
+	}
+	return append(matchAddr(a, dst),
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: portOff, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
-		&expr.Counter{},
-		&expr.Notrack{},
+	)
+}
+
+func nfproto(a netip.Addr) byte {
+	if a.Is6() {
+		return unix.NFPROTO_IPV6
 	}
+	return unix.NFPROTO_IPV4
+}
+
+func addrLen(a netip.Addr) uint32 { return uint32(a.BitLen() / 8) }
+
+// addrOffset is the offset of the destination (dst) or source address in
+// a's IP header.
+func addrOffset(a netip.Addr, dst bool) uint32 {
+	switch {
+	case a.Is6() && dst:
+		return 24
+	case a.Is6():
+		return 8
+	case dst:
+		return 16
+	default:
+		return 12
+	}
+}
+
+// inetTables returns the names of the tables of the inet family.
+func inetTables(c *nftables.Conn) (map[string]bool, error) {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("netsetup: listing nftables tables: %w", err)
+	}
+	names := make(map[string]bool, len(tables))
+	for _, t := range tables {
+		names[t.Name] = true
+	}
+	return names, nil
 }
 
 func ourTable(name string) *nftables.Table {
@@ -204,15 +244,12 @@ func checkRules(cfg Config) (rulesCheck, error) {
 	if err != nil {
 		return rc, err
 	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	tables, err := inetTables(c)
 	if err != nil {
-		return rc, fmt.Errorf("netsetup: listing nftables tables: %w", err)
+		return rc, err
 	}
-	fallback := false
-	for _, t := range tables {
-		rc.table = rc.table || t.Name == cfg.Table
-		fallback = fallback || t.Name == cfg.FallbackTable
-	}
+	rc.table = tables[cfg.Table]
+	fallback := tables[cfg.FallbackTable]
 	if !rc.table {
 		rc.why = "table inet " + cfg.Table + " missing"
 		return rc, nil
