@@ -15,7 +15,8 @@ import (
 // file. With Config.Fallback set it installs the fallback first, in the same
 // transaction that removes the conntrack bypass, so that queries to the
 // listeners keep reaching the upstreams (pods keep the listener address in
-// their resolv.conf); Purge removes the fallback too. It is idempotent and
+// their resolv.conf); without routes it leaves a fallback already in place.
+// Purge removes the fallback too. It is idempotent and
 // is safe after a SIGKILL:
 //
 //   - with the state file it removes the recorded table, the addresses recorded
@@ -29,28 +30,20 @@ import (
 //
 // It never removes a link that is not a dummy link, nor an IPv4 address on
 // "lo" that we neither added nor labelled.
-func Teardown(cfg Config) error {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
-		return err
-	}
-	if err := teardown(cfg, false); err != nil {
-		cfg.Metrics.SetupError(StepTeardown)
-		return err
-	}
-	return nil
-}
+func Teardown(cfg Config) error { return teardownOrPurge(cfg, false) }
 
 // Purge is Teardown without a fallback: it removes the fallback table as
 // well, and leaves the node as it was before localdns was installed. For
 // an uninstall; pods that still have a listener address in their
 // resolv.conf get no answer after it.
-func Purge(cfg Config) error {
+func Purge(cfg Config) error { return teardownOrPurge(cfg, true) }
+
+func teardownOrPurge(cfg Config, purge bool) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
-	if err := teardown(cfg, true); err != nil {
+	if err := teardown(cfg, purge); err != nil {
 		cfg.Metrics.SetupError(StepTeardown)
 		return err
 	}
@@ -68,12 +61,19 @@ func teardown(cfg Config, purge bool) error {
 		stale = append(stale, st.Table)
 	}
 	// The fallback (or, on purge, its removal) comes first: the listener
-	// addresses are still there until it is in place.
-	if len(cfg.Fallback) > 0 && !purge {
-		if err := installFallback(cfg, stale); err != nil {
-			errs = append(errs, err)
-		}
-	} else if err := deleteTables(cfg, append(stale, cfg.Table, cfg.FallbackTable)); err != nil {
+	// addresses are still there until it is in place. Without routes a
+	// fallback already in place (the socket unit's) is left alone: it
+	// answers better than nothing.
+	var err error
+	switch {
+	case purge:
+		err = deleteTables(cfg, append(stale, cfg.Table, cfg.FallbackTable))
+	case len(cfg.Fallback) > 0:
+		err = installFallback(cfg, stale)
+	default:
+		err = deleteTables(cfg, append(stale, cfg.Table))
+	}
+	if err != nil {
 		errs = append(errs, err)
 	}
 
