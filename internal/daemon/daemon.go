@@ -204,10 +204,7 @@ func Start(ctx context.Context, opts Options) (*Daemon, error) {
 	if p != nil && p.Network.Manage {
 		// Where queries go while this localdns does not serve (a failed
 		// start, a stop), and what a start on a broken profile falls back to.
-		d.net.Fallback = fallbackRoutes(p, src.Upstreams)
-		if err := saveFallback(p.Network.FallbackFile, d.net); err != nil {
-			d.log.Warn("fallback not saved for a start on a broken profile", "err", err)
-		}
+		d.net = d.saveFallback(src, d.net)
 	}
 	if err := stopped(ctx); err != nil {
 		return nil, err
@@ -426,6 +423,9 @@ func (d *Daemon) Reload() error {
 		}
 	}
 	d.source = src
+	if d.manage && src.Profile != nil && src.Profile.Network.Manage {
+		d.saveFallback(src, NetworkConfig(src.Profile, nil))
+	}
 	d.log.Info("reloaded", "source", src.Description)
 	return nil
 }

@@ -32,8 +32,8 @@ func fallbackRoutes(p *config.Profile, ups config.Upstreams) []netsetup.Fallback
 		var targets []netip.AddrPort
 		for _, u := range r.ups {
 			a := u.Addr().Unmap()
-			if a.Is4() != r.listener.Is4() || a == p.NodeListener || a == p.ClusterListener || a.IsLoopback() {
-				continue // another family, a loop, or a server only the host reaches
+			if a.Is4() != r.listener.Is4() || a.IsLoopback() {
+				continue // another family, or a server only the host reaches
 			}
 			targets = append(targets, netip.AddrPortFrom(a, u.Port()))
 		}
@@ -142,8 +142,8 @@ func FailOpen(log *slog.Logger, p *config.Profile) {
 	sdnotify.Status("not serving: fallback to the upstreams in place")
 }
 
-// servedElsewhere probes every listener once, briefly, with the probe
-// mark that passes the fallback.
+// servedElsewhere reports whether every listener answers a probe now
+// (UDP and TCP, briefly, with the probe mark that passes the fallback).
 func servedElsewhere(cfg netsetup.Config) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -151,12 +151,23 @@ func servedElsewhere(cfg netsetup.Config) bool {
 	if port == 0 {
 		port = netsetup.DefaultPort
 	}
+	var listeners []netip.AddrPort
 	for _, a := range cfg.Addrs {
-		if sdnotify.Probe(ctx, netip.AddrPortFrom(a, port), "udp") != nil {
-			return false
-		}
+		listeners = append(listeners, netip.AddrPortFrom(a, port))
 	}
-	return true
+	return sdnotify.ListenerProbe(listeners...)(ctx) == nil
+}
+
+// saveFallback records where the fallback sends queries for src's profile
+// (see fallbackRoutes) in the profile's fallback file, for a later start
+// on a broken profile. Start and every successful reload call it.
+func (d *Daemon) saveFallback(src *Source, cfg netsetup.Config) netsetup.Config {
+	p := src.Profile
+	cfg.Fallback = fallbackRoutes(p, src.Upstreams)
+	if err := saveFallback(p.Network.FallbackFile, cfg); err != nil {
+		d.log.Warn("fallback not saved for a start on a broken profile", "err", err)
+	}
+	return cfg
 }
 
 // failOpenAfter is FailOpen for a run that failed to start: for a node

@@ -70,29 +70,32 @@ func Teardown(p *config.Profile, opts TeardownOptions) (TeardownResult, error) {
 		return TeardownResult{}, fmt.Errorf("revert host resolver: %w", err)
 	}
 	cfg := NetworkConfig(p, nil)
-	fp := p
+	res := TeardownResult{}
+	var fb netsetup.Config
+	var err error
 	if opts.ProfileBroken {
 		// p holds the defaults; the fallback file knows what the last
-		// valid profile installed.
-		fp = nil
-		if saved, err := loadFallback(p.Network.FallbackFile); err == nil {
-			saved.Fallback, cfg = nil, saved
+		// valid profile installed, routes included.
+		if fb, res.FallbackFrom, err = FallbackConfig(nil); err == nil {
+			cfg = fb
 		}
+	} else {
+		fb, res.FallbackFrom, err = FallbackConfig(p)
+		cfg.Fallback = fb.Fallback
+	}
+	if err != nil {
+		res.NoFallback = err.Error()
 	}
 	if opts.Purge {
 		if err := netsetup.Purge(cfg); err != nil {
 			return TeardownResult{}, err
 		}
-		if err := os.Remove(p.Network.FallbackFile); err != nil && !errors.Is(err, fs.ErrNotExist) && p.Network.FallbackFile != "" {
-			return TeardownResult{}, fmt.Errorf("remove the fallback file: %w", err)
+		if f := p.Network.FallbackFile; f != "" {
+			if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return TeardownResult{}, fmt.Errorf("remove the fallback file: %w", err)
+			}
 		}
 		return TeardownResult{}, nil
-	}
-	res := TeardownResult{}
-	if fb, from, err := FallbackConfig(fp); err == nil {
-		cfg.Fallback, res.FallbackFrom = fb.Fallback, from
-	} else if err != nil {
-		res.NoFallback = err.Error()
 	}
 	if err := netsetup.Teardown(cfg); err != nil {
 		return TeardownResult{}, err
