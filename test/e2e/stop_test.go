@@ -113,7 +113,16 @@ func TestSecondSignalEndsASlowStop(t *testing.T) {
 			c.Exchange(m, node)
 		}()
 	}
-	waitFor(t, func() bool { return up.Total() >= 4 }, "queries in flight at the upstream")
+	// By name: the upstream's total counts health probes too, which
+	// would let the stop begin before the queries are in flight.
+	waitFor(t, func() bool {
+		for i := range 4 {
+			if up.Count(fmt.Sprintf("slow%d.example.", i)) == 0 {
+				return false
+			}
+		}
+		return true
+	}, "queries in flight at the upstream")
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	waitFor(t, func() bool { return strings.Contains(d.Log(), "msg=stopping") }, "the stop to begin")
 	sent := time.Now()
