@@ -359,8 +359,13 @@ func tail(b []byte, n int) string {
 
 // dnsperf runs dnsperf against port with args and parses its output.
 func dnsperf(ctx context.Context, port int, args ...string) (perfResult, error) {
-	argv := append([]string{"-s", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)
-	cmd := exec.CommandContext(ctx, "dnsperf", argv...)
+	return runDNSPerf(ctx, "dnsperf", append([]string{"-s", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)...)
+}
+
+// runDNSPerf runs dnsperf as name with args (name is "dnsperf", or "ip"
+// with "netns exec NS dnsperf ..." in args) and parses its output.
+func runDNSPerf(ctx context.Context, name string, args ...string) (perfResult, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
@@ -376,10 +381,10 @@ func dnsperf(ctx context.Context, port int, args ...string) (perfResult, error) 
 		return res, fmt.Errorf("dnsperf stopped: %w", ctx.Err())
 	}
 	if perr != nil {
-		return res, fmt.Errorf("dnsperf %s: %w", strings.Join(argv, " "), perr)
+		return res, fmt.Errorf("dnsperf %s: %w", strings.Join(args, " "), perr)
 	}
 	if werr != nil {
-		return res, fmt.Errorf("dnsperf %s: %w", strings.Join(argv, " "), werr)
+		return res, fmt.Errorf("dnsperf %s: %w", strings.Join(args, " "), werr)
 	}
 	return res, nil
 }

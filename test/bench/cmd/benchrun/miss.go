@@ -330,26 +330,3 @@ func waitDNSIn(ctx context.Context, ns string, port int, c *child) error {
 	}
 	return fmt.Errorf("no answer on 127.0.0.1:%d in %s within 20s", port, ns)
 }
-
-// runDNSPerf runs dnsperf through name (ip netns exec) and parses its output.
-func runDNSPerf(ctx context.Context, name string, args ...string) (perfResult, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return perfResult{}, err
-	}
-	if err := cmd.Start(); err != nil {
-		return perfResult{}, fmt.Errorf("start dnsperf: %w", err)
-	}
-	res, perr := parseDNSPerf(out)
-	werr := cmd.Wait()
-	if perr != nil {
-		return res, fmt.Errorf("dnsperf: %w", perr)
-	}
-	if werr != nil {
-		return res, fmt.Errorf("dnsperf: %w", werr)
-	}
-	return res, nil
-}
