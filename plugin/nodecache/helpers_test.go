@@ -13,6 +13,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/miekg/dns"
 
+	"github.com/localdns/localdns/internal/testbin"
 	"github.com/localdns/localdns/internal/testdns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -229,13 +230,7 @@ func ede(m *dns.Msg) (uint16, bool) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testbin.WaitFor(t, 5*time.Second, what, cond)
 }
 
 func counterValue(c prometheus.Counter) float64 {

@@ -13,6 +13,7 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/miekg/dns"
 
+	"github.com/localdns/localdns/internal/testbin"
 	"github.com/localdns/localdns/internal/testdns"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -226,13 +227,7 @@ func metric(t testing.TB, name string, labels ...string) float64 {
 // waitFor polls cond until it is true or the timeout passes.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbin.WaitFor(t, timeout, what, cond)
 }
 
 func healthyGauge(t testing.TB, group, addr string) float64 {

@@ -12,6 +12,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/localdns/localdns/internal/testbin"
 )
 
 // rawServer is a UDP socket on 127.0.0.1 the test answers by hand: every
@@ -174,7 +176,7 @@ func TestPoolLateAndMismatchedRepliesDropped(t *testing.T) {
 	srv.reply(t, qa, qa.m.Id, "a.example.", "192.0.2.66")   // late answer to A
 	srv.reply(t, qb, qb.m.Id^1, "b.example.", "192.0.2.67") // unknown ID
 	srv.reply(t, qb, qb.m.Id, "x.example.", "192.0.2.68")   // B's ID, another question
-	waitUntil(t, "three replies dropped", func() bool { return counterValue(unmatched) == 3 })
+	testbin.WaitFor(t, 5*time.Second, "three replies dropped", func() bool { return counterValue(unmatched) == 3 })
 	select {
 	case r := <-chB:
 		t.Fatalf("query B got %v %v before its own answer", r.m, r.err)
@@ -301,17 +303,6 @@ func TestPoolBounded(t *testing.T) {
 	wg.Wait()
 	if n := p.open(); n < 1 || n > 4 {
 		t.Errorf("%d sockets open after 400 queries, want at most the pool's 4", n)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

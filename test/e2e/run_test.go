@@ -208,13 +208,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 
 func waitFor(t *testing.T, cond func() bool, what string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testbin.WaitFor(t, 10*time.Second, what, cond)
 }
 
 func TestKubernetesSchemaGuardOptIn(t *testing.T) {
