@@ -13,6 +13,8 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netns"
+
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 // fallbackLab is a node namespace between a pod namespace and an "upstream"
@@ -125,15 +127,18 @@ func (l *fallbackLab) serveUpstream(t *testing.T, addr string) {
 		}
 		w.WriteMsg(m)
 	})
-	pc := listenUDPIn(t, l.up, addr)
+	serveIn(t, l.up, addr, h)
+}
+
+// serveIn serves h on addr (UDP and TCP) inside ns until the test ends.
+func serveIn(t *testing.T, ns netns.NsHandle, addr string, h dns.Handler) {
+	t.Helper()
+	pc := listenUDPIn(t, ns, addr)
 	var ln net.Listener
-	if err := withNS(t, l.up, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+	if err := withNS(t, ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
-		go s.ActivateAndServe()
-		t.Cleanup(func() { s.Shutdown() })
-	}
+	testdns.ServeConns(t, pc, ln, h)
 }
 
 // ask sends one A query from ns to server:53 and returns the answering
@@ -314,15 +319,7 @@ func (l *fallbackLab) serveLocal(t *testing.T, tag string) {
 			}
 			w.WriteMsg(m)
 		})
-		pc := listenUDPIn(t, l.node, addr)
-		var ln net.Listener
-		if err := withNS(t, l.node, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
-			go s.ActivateAndServe()
-			t.Cleanup(func() { s.Shutdown() })
-		}
+		serveIn(t, l.node, addr, h)
 	}
 }
 

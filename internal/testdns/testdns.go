@@ -56,6 +56,14 @@ func Serve(t testing.TB, h dns.Handler) (addr string, stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return pc.LocalAddr().String(), ServeConns(t, pc, ln, h)
+}
+
+// ServeConns runs h on pc and ln (sockets the caller opened, e.g. inside a
+// network namespace) until the test ends, and returns a function that
+// stops it earlier. It returns once both servers accept queries.
+func ServeConns(t testing.TB, pc net.PacketConn, ln net.Listener, h dns.Handler) (stop func()) {
+	t.Helper()
 	var servers []*dns.Server
 	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
 		started := make(chan struct{})
@@ -73,7 +81,7 @@ func Serve(t testing.TB, h dns.Handler) (addr string, stop func()) {
 		})
 	}
 	t.Cleanup(stop)
-	return pc.LocalAddr().String(), stop
+	return stop
 }
 
 // listenPair binds UDP and TCP on one free port of 127.0.0.1. The UDP port
