@@ -14,7 +14,7 @@ enable=false
 bin="${LOCALDNS_BIN:-bin/localdns}"
 [[ -x "$bin" ]] || { echo "install: $bin missing: run 'make build' first" >&2; exit 1; }
 
-install -D -m 0755 "$bin" "$root/usr/local/bin/localdns"
+install -D -m 0755 "$bin" "$root/usr/bin/localdns"
 if [[ -e "$root/etc/localdns/localdns.yaml" ]]; then
   echo "install: keeping the existing /etc/localdns/localdns.yaml"
 else
@@ -26,7 +26,7 @@ done
 install -D -m 0644 systemd/localdns.sysusers "$root/usr/lib/sysusers.d/localdns.conf"
 
 # The profile must be valid before systemd ever starts the service.
-"$root/usr/local/bin/localdns" validate --config "$root/etc/localdns/localdns.yaml"
+"$root/usr/bin/localdns" validate --config "$root/etc/localdns/localdns.yaml"
 
 if [[ -z "$root" ]]; then
   systemd-sysusers /usr/lib/sysusers.d/localdns.conf

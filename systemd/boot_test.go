@@ -286,7 +286,9 @@ mount -t tmpfs tmpfs /run
 mkdir -p /run/test/units
 mount --bind %[1]s/units /run/test/units
 mount --bind %[1]s/etc /etc
-mount --bind %[1]s/bin /usr/local/bin
+# The units run /usr/bin/localdns: a read-only overlay puts the test's binary
+# on top of the real /usr/bin, which stays visible and is not written to.
+mount -t overlay overlay -o ro,lowerdir=%[1]s/bin:/usr/bin /usr/bin
 for d in /tmp /var/tmp /var/log /var/lib /var/cache; do mount -t tmpfs tmpfs $d; done
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys

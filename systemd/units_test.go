@@ -21,6 +21,10 @@ import (
 
 var units = []string{"localdns.service", "localdns.socket", "localdns.slice"}
 
+// binPath is where the units run localdns: where the Debian package and
+// deploy/install.sh put it.
+const binPath = "/usr/bin/localdns"
+
 // built is cmd/localdns compiled once for the tests that run it.
 var built struct {
 	once sync.Once
@@ -77,7 +81,7 @@ func systemdAnalyze(t *testing.T) string {
 
 // TestVerify runs `systemd-analyze verify` on the three units. verify checks
 // that every Exec*= binary exists and is executable, so the units are copied
-// to a temporary directory with /usr/local/bin/localdns pointed at a stub
+// to a temporary directory with /usr/bin/localdns pointed at a stub
 // executable there; nothing else is changed. Any diagnostic fails the test,
 // warnings included (an unknown or misspelt key is only a warning).
 func TestVerify(t *testing.T) {
@@ -93,11 +97,11 @@ func TestVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(string(b), "/usr/local/bin/localdns") && u != "localdns.slice" {
-			t.Errorf("%s does not run /usr/local/bin/localdns", u)
+		if !strings.Contains(string(b), binPath) && u != "localdns.slice" {
+			t.Errorf("%s does not run %s", u, binPath)
 		}
 		p := filepath.Join(dir, u)
-		if err := os.WriteFile(p, []byte(strings.ReplaceAll(string(b), "/usr/local/bin/localdns", stub)), 0o644); err != nil {
+		if err := os.WriteFile(p, []byte(strings.ReplaceAll(string(b), binPath, stub)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		paths = append(paths, p)
@@ -289,15 +293,16 @@ func TestCommandLines(t *testing.T) {
 					continue
 				}
 				for _, v := range vals {
-					if strings.HasPrefix(v, "/usr/local/bin/localdns ") {
+					// Without systemd's prefixes: "-" (failure ignored) etc.
+					if v = strings.TrimLeft(v, "-@:+!"); strings.HasPrefix(v, binPath+" ") {
 						lines = append(lines, name+" "+key+": "+v)
 					}
 				}
 			}
 		}
 	}
-	if len(lines) < 3 {
-		t.Fatalf("found %d localdns command lines, want ExecStart and two ExecStopPost: %q", len(lines), lines)
+	if len(lines) < 4 {
+		t.Fatalf("found %d localdns command lines, want ExecStart, the socket's ExecStartPre and two ExecStopPost: %q", len(lines), lines)
 	}
 	for _, line := range lines {
 		_, cmdline, _ := strings.Cut(line, ": ")

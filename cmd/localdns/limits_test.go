@@ -94,9 +94,7 @@ func TestLimitsDropInsVerify(t *testing.T) {
 	var units []string
 	for _, u := range []string{"localdns.slice", "localdns.service", "localdns.socket"} {
 		text := readFile(t, filepath.Join("..", "..", "systemd", u))
-		for _, bin := range []string{"/usr/local/bin/localdns", "/usr/bin/localdns"} {
-			text = strings.ReplaceAll(text, bin, stub)
-		}
+		text = strings.ReplaceAll(text, "/usr/bin/localdns", stub)
 		if err := os.WriteFile(filepath.Join(dir, u), []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}

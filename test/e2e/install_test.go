@@ -22,7 +22,7 @@ func TestInstallScriptIntoTree(t *testing.T) {
 		t.Errorf("install.sh did not validate the profile:\n%s", out)
 	}
 	for _, f := range []string{
-		"usr/local/bin/localdns",
+		"usr/bin/localdns",
 		"etc/localdns/localdns.yaml",
 		"etc/systemd/system/localdns.service",
 		"etc/systemd/system/localdns.socket",

@@ -223,7 +223,7 @@ func TestNodeUnderNspawn(t *testing.T) {
 
 		n.must(t, "localdns teardown --purge --config "+profilePath)
 		n.must(t, "systemctl disable localdns.socket localdns.service")
-		n.must(t, `rm -rf /usr/local/bin/localdns /etc/localdns /etc/systemd/system/localdns.service /etc/systemd/system/localdns.socket \
+		n.must(t, `rm -rf /usr/bin/localdns /etc/localdns /etc/systemd/system/localdns.service /etc/systemd/system/localdns.socket \
 			/etc/systemd/system/localdns.slice /etc/systemd/system/localdns.service.d /var/lib/localdns /run/localdns && systemctl daemon-reload`)
 		if s := n.out(t, "nft list ruleset"); strings.Contains(s, "localdns") {
 			t.Errorf("nftables still has localdns after the uninstall:\n%s", s)
@@ -372,7 +372,7 @@ func (n *node) install(t *testing.T) {
 	n.put(t, "/root/localdns-install/localdns.yaml", []byte(profile), 0o644)
 	n.put(t, "/etc/systemd/system/localdns.service.d/test.conf", []byte(testDropIn), 0o644)
 	n.must(t, `cd /root/localdns-install &&
-install -m 0755 bin/localdns /usr/local/bin/localdns &&
+install -m 0755 bin/localdns /usr/bin/localdns &&
 install -D -m 0644 localdns.yaml /etc/localdns/localdns.yaml &&
 cp systemd/localdns.service systemd/localdns.socket systemd/localdns.slice /etc/systemd/system/ &&
 systemd-sysusers "$PWD/systemd/localdns.sysusers" &&
