@@ -39,6 +39,10 @@ type config struct {
 	memory        int64
 	snapshotPath  string
 	snapshotEvery time.Duration
+	// pins are the block's pinned names (lower-case wire form), refreshed
+	// every pinRefresh (pin.go).
+	pins       [][]byte
+	pinRefresh time.Duration
 }
 
 const (
@@ -66,6 +70,7 @@ func defaultConfig() config {
 		},
 		memory:        defaultMemory,
 		snapshotEvery: defaultSnapshotEvery,
+		pinRefresh:    defaultPinRefresh,
 	}
 }
 
@@ -130,6 +135,18 @@ func parse(c *caddy.Controller) (config, error) {
 					if err == nil && cfg.snapshotEvery < time.Second {
 						err = fmt.Errorf("snapshot interval must be at least 1s, got %s", args[1])
 					}
+				}
+			case "pin":
+				var names [][]byte
+				names, err = parsePins(args)
+				cfg.pins = append(cfg.pins, names...)
+			case "pin_refresh":
+				if len(args) != 1 {
+					return cfg, c.ArgErr()
+				}
+				cfg.pinRefresh, err = time.ParseDuration(args[0])
+				if err == nil && cfg.pinRefresh < minPinRefresh {
+					err = fmt.Errorf("must be at least %s, got %s", minPinRefresh, args[0])
 				}
 			default:
 				return cfg, c.Errf("unknown property %q", dir)

@@ -30,6 +30,7 @@ type entry struct {
 	hits       atomic.Uint32 // lifetime hits (saturating), for prefetch
 	refreshing atomic.Bool   // a background refresh is in flight
 	retryAfter atomic.Int64  // unix ns before which a failed refresh is not retried
+	pinned     atomic.Bool   // a pinned name (pin.go): never evicted, no stale window
 
 	// queue links and bookkeeping, guarded by the shard lock.
 	prev, next *entry
@@ -54,9 +55,21 @@ func (e *entry) remaining(now int64) int64 {
 	return int64(e.ttl) - age/int64(time.Second)
 }
 
-// servable reports whether e is fresh, or still within its stale window.
+// servable reports whether e is fresh, or still within its stale window. A
+// pinned entry has no stale window: it is served stale for as long as its
+// upstreams fail.
 func (e *entry) servable(now int64) (fresh, stale bool) {
-	return servableAt(e.stored, e.ttl, e.stale, now)
+	fresh, stale = servableAt(e.stored, e.ttl, e.stale, now)
+	return fresh, stale || (!fresh && e.pinned.Load())
+}
+
+// snapshotStale is the stale window written to the snapshot: a pinned
+// entry's is the longest a snapshot holds, so a restore keeps it.
+func (e *entry) snapshotStale() uint32 {
+	if e.pinned.Load() {
+		return maxTTLLimit
+	}
+	return e.stale
 }
 
 // servableAt is servable for an entry stored at stored with ttl and a stale

@@ -12,6 +12,7 @@ var (
 	PrefetchesTotal      = prefetchesTotal
 	RefreshFailuresTotal = refreshFailuresTotal
 	SnapshotRestored     = snapshotRestored
+	PinRefreshesTotal    = pinRefreshes
 )
 
 const (

@@ -32,6 +32,10 @@ var (
 		Name: "localdns_cache_refresh_failures_total",
 		Help: "Background or verify refreshes that got no usable answer; the stale entry was kept.",
 	}, []string{"server"})
+	pinRefreshes = promauto.With(prometheus.DefaultRegisterer).NewCounterVec(prometheus.CounterOpts{
+		Name: "localdns_cache_pin_refreshes_total",
+		Help: "Pinned names (and types) refreshed from the upstreams on the pin_refresh interval.",
+	}, []string{"server"})
 	evictions = promauto.With(prometheus.DefaultRegisterer).NewCounter(prometheus.CounterOpts{
 		Name: "localdns_cache_evictions_total",
 		Help: "Entries evicted to stay within the memory budget.",

@@ -78,17 +78,23 @@ func (h *Nodecache) refreshFailed(e *entry, c *counters) {
 // refresh queries upstream for e's key (coalesced with client misses) and
 // retries over TCP when the UDP answer was truncated.
 func (h *Nodecache) refresh(ctx context.Context, e *entry, proto Proto) result {
-	name, _, err := dns.UnpackDomainName(e.name, 0)
+	return h.refreshKey(ctx, e.name, e.qtype, e.qclass, e.flags, proto)
+}
+
+// refreshKey is refresh for a key that need not be cached yet (a pinned
+// name): wire name, type, class and flags.
+func (h *Nodecache) refreshKey(ctx context.Context, wireName []byte, qtype, qclass uint16, flags uint8, proto Proto) result {
+	name, _, err := dns.UnpackDomainName(wireName, 0)
 	if err != nil {
 		return result{err: err}
 	}
 	var q query
-	q.qtype, q.qclass = e.qtype, e.qclass
-	q.nameLen = copy(q.name[:], e.name)
-	q.do, q.cd, q.edns = e.flags&flagDO != 0, e.flags&flagCD != 0, true
+	q.qtype, q.qclass = qtype, qclass
+	q.nameLen = copy(q.name[:], wireName)
+	q.do, q.cd, q.edns = flags&flagDO != 0, flags&flagCD != 0, true
 	r := new(dns.Msg)
-	r.SetQuestion(name, e.qtype)
-	r.Question[0].Qclass = e.qclass
+	r.SetQuestion(name, qtype)
+	r.Question[0].Qclass = qclass
 	r.CheckingDisabled = q.cd
 	up := upstreamQuery(r, &q)
 
@@ -96,7 +102,7 @@ func (h *Nodecache) refresh(ctx context.Context, e *entry, proto Proto) result {
 	if proto == TCP {
 		remote = bgTCPAddr
 	}
-	fk := e.flightKey()
+	fk := makeFlightKey(h.ns, flags, qtype, qclass, wireName)
 	res, _ := h.store.flight.do(fk, func() result { return h.exchange(ctx, remote, bgUDPAddr, up, &q) })
 	if res.msg != nil && res.msg.Truncated && proto == UDP {
 		res, _ = h.store.flight.do(fk, func() result { return h.exchange(ctx, bgTCPAddr, bgTCPAddr, up, &q) })

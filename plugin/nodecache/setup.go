@@ -105,10 +105,16 @@ func setup(c *caddy.Controller) error {
 		// run the periodic snapshot with the settings all blocks agreed on;
 		// save at the final shutdown, not at a reload.
 		c.OnStartup(func() error {
+			store.resetPins() // this instance's blocks register theirs next
 			store.startSnapshots(settings.snapshotPath, settings.snapshotEvery)
 			return nil
 		})
 		c.OnFinalShutdown(store.finalSnapshot)
+	}
+	if len(cfg.pins) > 0 {
+		p := &pinner{h: h, names: cfg.pins, interval: cfg.pinRefresh}
+		c.OnStartup(func() error { p.start(); return nil })
+		c.OnShutdown(func() error { p.stop(); return nil })
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package nodecache
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,9 @@ func TestParse(t *testing.T) {
     max_udp_size 4096
     memory 16777216
     snapshot /var/lib/localdns/cache.snapshot 30s
+    pin Example.org mcr.microsoft.com.
+    pin packages.aks.azure.com
+    pin_refresh 30s
 }`
 	cfg, err := parse(caddy.NewTestController("dns", full))
 	if err != nil {
@@ -26,12 +30,18 @@ func TestParse(t *testing.T) {
 	want := config{
 		policy: policy{maxTTL: 600, denialTTL: 30, mode: staleVerify, staleWindow: 1800, verifyTimeout: 500 * time.Millisecond, prefetch: 0, maxUDP: 4096},
 		memory: 16 << 20, snapshotPath: "/var/lib/localdns/cache.snapshot", snapshotEvery: 30 * time.Second,
+		pins: [][]byte{
+			[]byte("\x07example\x03org\x00"),
+			[]byte("\x03mcr\x09microsoft\x03com\x00"),
+			[]byte("\x08packages\x03aks\x05azure\x03com\x00"),
+		},
+		pinRefresh: 30 * time.Second,
 	}
-	if cfg != want {
+	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
 	def, err := parse(caddy.NewTestController("dns", "nodecache"))
-	if err != nil || def != defaultConfig() {
+	if err != nil || !reflect.DeepEqual(def, defaultConfig()) || def.pinRefresh != 15*time.Minute {
 		t.Fatalf("defaults: %+v %v", def, err)
 	}
 	if c, err := parse(caddy.NewTestController("dns", "nodecache {\n serve_stale off\n}")); err != nil || c.mode != staleOff || c.staleWindow != 0 {
@@ -61,6 +71,12 @@ func TestParseErrors(t *testing.T) {
 		{"nodecache {\n max_udp_size\n}", "Wrong argument count"},
 		{"nodecache {\n snapshot\n}", "Wrong argument count"},
 		{"nodecache {\n snapshot /x 10ms\n}", "at least 1s"},
+		{"nodecache {\n pin\n}", "at least one name"},
+		{"nodecache {\n pin .\n}", "not a domain name"},
+		{"nodecache {\n pin a..b\n}", "not a domain name"},
+		{"nodecache {\n pin_refresh 10ms\n}", "at least 100ms"},
+		{"nodecache {\n pin_refresh soon\n}", "pin_refresh"},
+		{"nodecache {\n pin_refresh\n}", "Wrong argument count"},
 	} {
 		_, err := parse(caddy.NewTestController("dns", tc.in))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -81,7 +81,7 @@ func encodeSnapshotAt(w io.Writer, entries []*entry, now time.Time, offset int64
 		eh[4] = e.flags
 		binary.BigEndian.PutUint64(eh[5:], uint64(e.stored-offset))
 		binary.BigEndian.PutUint32(eh[13:], e.ttl)
-		binary.BigEndian.PutUint32(eh[17:], e.stale)
+		binary.BigEndian.PutUint32(eh[17:], e.snapshotStale())
 		binary.BigEndian.PutUint16(eh[21:], uint16(len(e.wire)))
 		bw.Write(eh[:])
 		bw.Write(e.wire)

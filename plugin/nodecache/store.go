@@ -53,6 +53,10 @@ type Store struct {
 
 	snap snapshotter
 
+	// pins is the set of pinned keys (pin.go); nil until a block pins.
+	pins   atomic.Pointer[pinSet]
+	pinReg pinState
+
 	// clock is time.Now; tests move it forward to expire entries. In
 	// memory only its monotonic reading counts (see now).
 	clock func() time.Time
@@ -169,6 +173,7 @@ func (s *Store) peek(key uint64) *entry {
 // hot. It reports whether e was admitted (it may be too large).
 func (s *Store) put(e *entry) bool {
 	e.key = s.keys.keyOf(e.ns, e.flags, e.qtype, e.qclass, e.name)
+	s.markPinned(e)
 	sh := s.shardOf(e.key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -218,13 +223,24 @@ func (s *Store) unlinkLocked(sh *shard, e *entry) {
 	s.bytes.Add(-e.size)
 }
 
-// evictLocked applies S3-FIFO until the shard fits its budget.
+// evictLocked applies S3-FIFO until the shard fits its budget. Pinned
+// entries count against the budget but are never evicted: they go to (or
+// round) the main queue; once a full round of the main queue found only
+// pinned entries, only the small queue is evicted from, and when that is
+// empty too the shard stays over its budget.
 func (s *Store) evictLocked(sh *shard) {
+	var pinnedRound int64 // bytes of pinned entries rounded since the last eviction
 	for sh.small.bytes+sh.main.bytes > sh.budget {
-		if sh.small.tail != nil && (sh.small.bytes > sh.budget/10 || sh.main.tail == nil) {
+		mainPinned := sh.main.tail != nil && pinnedRound >= sh.main.bytes
+		if sh.small.tail != nil && (sh.small.bytes > sh.budget/10 || sh.main.tail == nil || mainPinned) {
 			e := sh.small.tail
 			sh.small.unlink(e)
-			if e.freq.Load() > 0 { // asked for again since insertion
+			if e.pinned.Load() || e.freq.Load() > 0 { // pinned, or asked for again since insertion
+				if !e.pinned.Load() {
+					pinnedRound = 0 // the main queue holds an evictable entry again
+				} else {
+					pinnedRound += e.size
+				}
 				e.freq.Store(0)
 				e.queue = queueMain
 				sh.main.pushHead(e)
@@ -240,10 +256,16 @@ func (s *Store) evictLocked(sh *shard) {
 			continue
 		}
 		e := sh.main.tail
-		if e == nil {
+		if e == nil || mainPinned {
 			return
 		}
 		sh.main.unlink(e)
+		if e.pinned.Load() {
+			pinnedRound += e.size
+			sh.main.pushHead(e)
+			continue
+		}
+		pinnedRound = 0
 		if f := e.freq.Load(); f > 0 {
 			e.freq.Store(f - 1)
 			sh.main.pushHead(e)
