@@ -43,9 +43,16 @@ type Upstream struct {
 // answer; it stops when the test ends.
 func Start(t testing.TB, answer string) *Upstream {
 	t.Helper()
-	u := &Upstream{Answer: net.ParseIP(answer).To4(), queries: map[string]int{}}
+	u := NewUpstream(answer)
 	u.Addr, u.stop = Serve(t, u)
 	return u
+}
+
+// NewUpstream returns an upstream that answers every A query with answer,
+// not yet serving: serve it with ServeConns on sockets of your own (and set
+// Addr), e.g. inside a network namespace.
+func NewUpstream(answer string) *Upstream {
+	return &Upstream{Answer: net.ParseIP(answer).To4(), queries: map[string]int{}, stop: func() {}}
 }
 
 // Serve runs h on UDP and TCP of one free port of 127.0.0.1 until the test

@@ -27,6 +27,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/localdns/localdns/internal/testbin"
+	"github.com/localdns/localdns/internal/testdns"
 )
 
 var localdnsBin string
@@ -93,10 +94,10 @@ func TestNodeUnderNspawn(t *testing.T) {
 		name := "kubernetes.default.svc.cluster.local."
 		r := n.pod.query(t, clusterListener, name, time.Second)
 		checkAnswer(t, r, clusterDNS, "localdns-pod")
-		before := clusterUp.count(name)
+		before := clusterUp.Count(name)
 		r = n.pod.query(t, clusterListener, name, time.Second)
 		checkAnswer(t, r, clusterDNS, "localdns-pod")
-		if after := clusterUp.count(name); after != before {
+		if after := clusterUp.Count(name); after != before {
 			t.Errorf("second query reached the cluster DNS (%d -> %d queries): not a cache hit", before, after)
 		}
 		r = n.pod.query(t, nodeListener, "example.com.", time.Second)
@@ -237,6 +238,35 @@ func TestNodeUnderNspawn(t *testing.T) {
 			t.Logf("after the uninstall the pod's query fails as before the install: %v", err)
 		}
 	})
+
+	t.Run("a localdns that never starts", func(t *testing.T) {
+		// A binary that cannot run at all (here: the service runs
+		// /bin/false instead), on a node installed from scratch: the
+		// socket unit's fallback answers the pods from its start on.
+		n.put(t, "/etc/systemd/system/localdns.service.d/zz-never.conf", []byte("[Service]\nExecStart=\nExecStart=/bin/false\n"), 0o644)
+		n.installFiles(t)
+		n.out(t, "systemctl enable --now localdns.socket localdns.service") // the service fails: that is the point
+		n.waitFor(t, 10*time.Second, "localdns.socket active", func() (bool, string) {
+			s := n.out(t, "systemctl is-active localdns.socket")
+			return s == "active", s
+		})
+		p := startProber(n.pod)
+		n.waitFor(t, 60*time.Second, "localdns.service given up at its start limit", func() (bool, string) {
+			s := n.out(t, "systemctl show -p Result localdns.service localdns.socket")
+			return strings.Contains(s, "start-limit-hit"), s
+		})
+		time.Sleep(time.Second)
+		gap := p.stop()
+		t.Logf("a localdns that never starts: prober gap %.2f s from the socket's start (%d probes answered)", gap.Seconds(), p.answered())
+		if gap > time.Second {
+			t.Errorf("pod DNS gap %.2f s with a localdns that never starts, want none (the fallback from the socket's start)", gap.Seconds())
+		}
+		if tables := n.out(t, "nft list tables"); !strings.Contains(tables, "table inet localdns-fallback") || strings.Contains(tables, "table inet localdns\n") {
+			t.Errorf("want only the fallback table:\n%s", tables)
+		}
+		r := n.pod.query(t, clusterListener, "never.example.", time.Second)
+		checkAnswer(t, r, clusterDNS, "")
+	})
 }
 
 // node is the booted container and the namespaces around it.
@@ -357,6 +387,12 @@ func (n *node) wire(t *testing.T) {
 
 // install follows README.md's "On a node", inside the container.
 func (n *node) install(t *testing.T) {
+	n.installFiles(t)
+	n.must(t, "systemctl enable --now localdns.socket localdns.service")
+}
+
+// installFiles is install without the final enable --now.
+func (n *node) installFiles(t *testing.T) {
 	bin, err := os.ReadFile(localdnsBin)
 	if err != nil {
 		t.Fatal(err)
@@ -376,7 +412,7 @@ install -m 0755 bin/localdns /usr/bin/localdns &&
 install -D -m 0644 localdns.yaml /etc/localdns/localdns.yaml &&
 cp systemd/localdns.service systemd/localdns.socket systemd/localdns.slice /etc/systemd/system/ &&
 systemd-sysusers "$PWD/systemd/localdns.sysusers" &&
-systemctl daemon-reload && systemctl enable --now localdns.socket localdns.service`)
+systemctl daemon-reload`)
 }
 
 // sh runs a shell script inside the container (all its namespaces).
@@ -462,58 +498,25 @@ func (n *node) waitFor(t *testing.T, within time.Duration, what string, cond fun
 	}
 }
 
-// upstream is a DNS server in the upstream namespace that answers every A
-// query with its own address.
-type upstream struct {
-	ip      net.IP
-	mu      sync.Mutex
-	queries map[string]int
-}
-
-func (n *node) startUpstream(t *testing.T, ip string) *upstream {
-	u := &upstream{ip: net.ParseIP(ip).To4(), queries: map[string]int{}}
-	addr := net.JoinHostPort(ip, "53")
+// startUpstream serves DNS on ip:53 in the upstream namespace: every A
+// query gets ip.
+func (n *node) startUpstream(t *testing.T, ip string) *testdns.Upstream {
+	u := testdns.NewUpstream(ip)
+	u.Addr = net.JoinHostPort(ip, "53")
 	var pc net.PacketConn
 	var ln net.Listener
 	var err error
 	n.up.do(func() {
-		if pc, err = net.ListenPacket("udp", addr); err != nil {
+		if pc, err = net.ListenPacket("udp", u.Addr); err != nil {
 			return
 		}
-		ln, err = net.Listen("tcp", addr)
+		ln, err = net.Listen("tcp", u.Addr)
 	})
 	if err != nil {
-		t.Fatalf("upstream %s: %v", addr, err)
+		t.Fatalf("upstream %s: %v", u.Addr, err)
 	}
-	for _, s := range []*dns.Server{{PacketConn: pc, Handler: u}, {Listener: ln, Handler: u}} {
-		started := make(chan struct{})
-		s.NotifyStartedFunc = func() { close(started) }
-		go s.ActivateAndServe()
-		<-started
-		t.Cleanup(func() { s.Shutdown() })
-	}
+	testdns.ServeConns(t, pc, ln, u)
 	return u
-}
-
-func (u *upstream) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	m := new(dns.Msg)
-	m.SetReply(r)
-	if len(r.Question) == 1 {
-		q := r.Question[0]
-		u.mu.Lock()
-		u.queries[strings.ToLower(q.Name)]++
-		u.mu.Unlock()
-		if q.Qtype == dns.TypeA {
-			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 300}, A: u.ip})
-		}
-	}
-	w.WriteMsg(m)
-}
-
-func (u *upstream) count(name string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.queries[strings.ToLower(name)]
 }
 
 // nsThread is an OS thread that stays in a network namespace: sockets
