@@ -2,7 +2,7 @@
 // instance, owns the listener sockets, probes itself, reloads on SIGHUP and
 // shuts down in order on SIGTERM.
 //
-// The order is the product (see DESIGN.md): nothing is installed on the node
+// The order is the product (README.md, "How a query is served"): nothing is installed on the node
 // before the servers answer, and a reload or stop never leaves a moment when
 // a listener socket is closed while the kernel still queues queries on it.
 package daemon
@@ -168,7 +168,7 @@ func stopped(ctx context.Context) error {
 	return fmt.Errorf("%w: %v", ErrStopped, context.Cause(ctx))
 }
 
-// Start runs the start sequence (DESIGN.md): load the profile and discover
+// Start runs the start sequence (README.md, "How a query is served"): load the profile and discover
 // upstreams, put the listener addresses in place, serve every listener,
 // self-probe each one, and only then install the conntrack bypass. It
 // returns once all of that is done; on failure it undoes what it did.

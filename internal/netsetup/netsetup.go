@@ -33,7 +33,7 @@
 // someone else configured and that equals one of ours is then removed too
 // (IPv6 addresses have no labels). That is the one edge the state file avoids.
 //
-// The daemon's order (see DESIGN.md): EnsureAddresses before the DNS servers
+// The daemon's order (README.md, "How a query is served"): EnsureAddresses before the DNS servers
 // bind, EnsureRules only after every listener answered a self-probe (a bypass in
 // front of a server that does not answer black-holes DNS), Reconcile
 // periodically after that, Teardown on stop and in ExecStopPost.
