@@ -280,6 +280,23 @@ func (d *decoder) profile(p *Profile, root any) {
 		"memorylimitinmb": func(path string, v any) {
 			p.MemoryLimitInMB = d.int(path, v, p.MemoryLimitInMB, MinMemoryLimitInMB, MaxMemoryLimitInMB)
 		},
+		"enablehostsplugin": func(path string, v any) { p.EnableHostsPlugin = d.bool(path, v, p.EnableHostsPlugin) },
+		"criticalfqdns": func(path string, v any) {
+			var out []string
+			for i, s := range d.strings(path, v) {
+				ipath := fmt.Sprintf("%s[%d]", path, i)
+				if z := d.zone(ipath, s, ""); z == "." {
+					d.fail(ipath, s, "must be a name below the root")
+				} else if z != "" && !slices.Contains(out, z) {
+					out = append(out, z)
+				}
+			}
+			p.CriticalFQDNs = out
+		},
+		"hostspluginrefreshintervalinseconds": func(path string, v any) {
+			p.HostsPluginRefreshIntervalInSeconds = d.int(path, v, p.HostsPluginRefreshIntervalInSeconds,
+				MinHostsPluginRefreshIntervalInSeconds, MaxHostsPluginRefreshIntervalInSeconds)
+		},
 		"metrics": func(path string, v any) { p.Metrics = d.hostPort(path, v, p.Metrics) },
 		"health":  func(path string, v any) { p.Health = d.hostPort(path, v, p.Health) },
 		"hostresolver": func(path string, v any) {
@@ -423,11 +440,48 @@ func (d *decoder) overrides(canon, path string, v any, vnet bool) map[string]Ove
 				"servestale": func(p string, v any) {
 					o.ServeStale = ServeStale(d.enum(p, v, string(o.ServeStale), ServeStaleVerify, ServeStaleImmediate, ServeStaleDisable))
 				},
+				"healthcheck": func(p string, v any) { o.HealthCheck = d.healthCheck(p, v) },
+				"failfastallunhealthyupstreams": func(p string, v any) {
+					b := d.bool(p, v, false)
+					o.FailfastAllUnhealthyUpstreams = &b
+				},
 			})
 		}
 		out[norm] = o
 	}
 	return out
+}
+
+// healthCheck decodes AKS's healthCheck {duration, noRec, domain}; a
+// duration is required (it is what turns the setting on).
+func (d *decoder) healthCheck(path string, v any) *HealthCheck {
+	hc := &HealthCheck{}
+	durSet := false
+	d.fields(path, v, map[string]func(string, any){
+		"duration": func(p string, v any) {
+			durSet = true
+			s, ok := v.(string)
+			dur, err := time.ParseDuration(s)
+			if !ok || err != nil {
+				d.fail(p, v, `must be a duration such as "1s"`)
+				return
+			}
+			if dur < MinHealthCheckDuration || dur > MaxHealthCheckDuration {
+				d.fail(p, v, "must be between %s and %s", MinHealthCheckDuration, MaxHealthCheckDuration)
+				return
+			}
+			hc.Duration = dur
+		},
+		"norec":  func(p string, v any) { hc.NoRec = d.bool(p, v, false) },
+		"domain": func(p string, v any) { hc.Domain = d.zone(p, v, "") },
+	})
+	if _, isMap := v.(map[string]any); isMap && !durSet {
+		d.fail(join(path, "duration"), nil, "is required (the probe interval, such as \"1s\")")
+	}
+	if hc.Duration == 0 {
+		return nil
+	}
+	return hc
 }
 
 // enum matches v case-insensitively against the allowed values (string

@@ -390,3 +390,43 @@ func TestClientBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestHostsPluginFields: AKS's enableHostsPlugin, criticalFqdns and
+// hostsPluginRefreshIntervalInSeconds, with AKS's defaults.
+func TestHostsPluginFields(t *testing.T) {
+	p := mustParse(t, "")
+	if p.EnableHostsPlugin || p.CriticalFQDNs != nil || p.HostsPluginRefreshIntervalInSeconds != 900 {
+		t.Fatalf("defaults: %v %v %d", p.EnableHostsPlugin, p.CriticalFQDNs, p.HostsPluginRefreshIntervalInSeconds)
+	}
+	p = mustParse(t, `{"localDNSProfile": {"enableHostsPlugin": true, "criticalFqdns": ["MCR.microsoft.com", "packages.aks.azure.com.", "mcr.microsoft.com"], "hostsPluginRefreshIntervalInSeconds": 5}}`)
+	if !p.EnableHostsPlugin || p.HostsPluginRefreshIntervalInSeconds != 5 ||
+		len(p.CriticalFQDNs) != 2 || p.CriticalFQDNs[0] != "mcr.microsoft.com." || p.CriticalFQDNs[1] != "packages.aks.azure.com." {
+		t.Fatalf("decoded: %v %v %d", p.EnableHostsPlugin, p.CriticalFQDNs, p.HostsPluginRefreshIntervalInSeconds)
+	}
+	// Disabled: the names are still checked, and kept (not used).
+	p = mustParse(t, "criticalFqdns: [login.microsoftonline.com]")
+	if p.EnableHostsPlugin || len(p.CriticalFQDNs) != 1 {
+		t.Fatalf("names without the plugin: %v %v", p.EnableHostsPlugin, p.CriticalFQDNs)
+	}
+}
+
+// TestOverrideHealthFields: AKS's per-override healthCheck and
+// failfastAllUnhealthyUpstreams; unset, they keep localdns's behaviour.
+func TestOverrideHealthFields(t *testing.T) {
+	p := mustParse(t, "")
+	if o := p.KubeDNSOverrides["."]; o.HealthCheck != nil || o.FailfastAllUnhealthyUpstreams != nil {
+		t.Fatalf("defaults: %+v", o)
+	}
+	p = mustParse(t, `kubeDnsOverrides: {".": {healthCheck: {duration: 1s, noRec: true, domain: Probe.Example.}, failfastAllUnhealthyUpstreams: false}, corp.example: {failfastAllUnhealthyUpstreams: true, healthCheck: {duration: 250ms}}}`)
+	o := p.KubeDNSOverrides["."]
+	if o.HealthCheck == nil || *o.HealthCheck != (HealthCheck{Duration: time.Second, NoRec: true, Domain: "probe.example."}) {
+		t.Fatalf("healthCheck: %+v", o.HealthCheck)
+	}
+	if o.FailfastAllUnhealthyUpstreams == nil || *o.FailfastAllUnhealthyUpstreams {
+		t.Fatalf("failfast false: %v", o.FailfastAllUnhealthyUpstreams)
+	}
+	c := p.KubeDNSOverrides["corp.example."]
+	if c.HealthCheck == nil || *c.HealthCheck != (HealthCheck{Duration: 250 * time.Millisecond}) || c.FailfastAllUnhealthyUpstreams == nil || !*c.FailfastAllUnhealthyUpstreams {
+		t.Fatalf("corp.example: %+v %v", c.HealthCheck, c.FailfastAllUnhealthyUpstreams)
+	}
+}

@@ -90,7 +90,33 @@ type Override struct {
 	CacheDurationInSeconds      int
 	ServeStaleDurationInSeconds int
 	ServeStale                  ServeStale
+
+	// HealthCheck is AKS's healthCheck: how the zone's upstreams are
+	// probed (upstream's health_check). Nil keeps localdns's probes.
+	HealthCheck *HealthCheck
+	// FailfastAllUnhealthyUpstreams is AKS's field: true answers SERVFAIL
+	// at once when every upstream a name may use is down; false tries them
+	// anyway (forward's default). Nil keeps localdns's default, which is to
+	// fail fast (upstream's README: a cache above serves stale instead).
+	FailfastAllUnhealthyUpstreams *bool
 }
+
+// HealthCheck is AKS's per-override healthCheck.
+type HealthCheck struct {
+	// Duration is the probe interval.
+	Duration time.Duration
+	// NoRec clears the RD bit of the probe.
+	NoRec bool
+	// Domain is the name probed (NS); empty keeps localdns's choice (the
+	// cluster domain for cluster CoreDNS, "." for VNet DNS).
+	Domain string
+}
+
+// Health check interval bounds.
+const (
+	MinHealthCheckDuration = 100 * time.Millisecond
+	MaxHealthCheckDuration = time.Hour
+)
 
 // Upstream is one DNS server address.
 type Upstream = netip.AddrPort
@@ -146,6 +172,16 @@ type Profile struct {
 	// budget follow MemoryLimitInMB.
 	CPULimitInMilliCores int
 	MemoryLimitInMB      int
+
+	// EnableHostsPlugin, CriticalFQDNs and HostsPluginRefreshIntervalInSeconds
+	// are AKS's names that must resolve whatever happens upstream. AKS
+	// keeps them in a hosts file; localdns pins them in its cache
+	// (nodecache pin): never evicted, refreshed every interval, served
+	// stale while the upstreams fail. CriticalFQDNs are validated even
+	// when EnableHostsPlugin is false, and then not used.
+	EnableHostsPlugin                   bool
+	CriticalFQDNs                       []string // normalised: lower case, trailing dot
+	HostsPluginRefreshIntervalInSeconds int
 
 	// JunkKubernetesSchema answers NXDOMAIN locally for names under the
 	// cluster domain that the Kubernetes DNS schema cannot produce (opt-in:
@@ -225,6 +261,13 @@ const (
 	MaxClientBurst                = 10_000_000
 )
 
+// AKS's hosts plugin refresh interval: default and bounds, in seconds.
+const (
+	DefaultHostsPluginRefreshIntervalInSeconds = 900
+	MinHostsPluginRefreshIntervalInSeconds     = 5
+	MaxHostsPluginRefreshIntervalInSeconds     = 86400
+)
+
 // EffectiveBurst is the burst the budget allows (Burst, or BurstFactor
 // times QueriesPerSecond when Burst is 0).
 func (b ClientBudget) EffectiveBurst() int {
@@ -294,6 +337,8 @@ func Default() *Profile {
 		Cache:   Cache{Engine: CacheEngineLocalDNS, MaxMemory: DefaultMaxMemory, Snapshot: DefaultSnapshot},
 
 		ClientBudget: ClientBudget{QueriesPerSecond: DefaultClientQueriesPerSecond},
+
+		HostsPluginRefreshIntervalInSeconds: DefaultHostsPluginRefreshIntervalInSeconds,
 
 		CPULimitInMilliCores: DefaultCPULimitInMilliCores,
 		MemoryLimitInMB:      DefaultMemoryLimitInMB,

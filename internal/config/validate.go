@@ -98,6 +98,13 @@ func (p *Profile) validate() Problems {
 			"does not fit in memoryLimitInMB %d (at most %dMi there): raise memoryLimitInMB to %d, or leave cache.maxMemory out to derive it",
 			p.MemoryLimitInMB, fit>>20, MemoryLimitInMBFor(p.Cache.MaxMemory))
 	}
+	if p.EnableHostsPlugin && p.Cache.Engine != CacheEngineLocalDNS {
+		add("enableHostsPlugin", "true", "needs cache.engine localdns (critical names are pinned in its cache)")
+	}
+	if p.HostsPluginRefreshIntervalInSeconds < MinHostsPluginRefreshIntervalInSeconds || p.HostsPluginRefreshIntervalInSeconds > MaxHostsPluginRefreshIntervalInSeconds {
+		add("hostsPluginRefreshIntervalInSeconds", fmt.Sprint(p.HostsPluginRefreshIntervalInSeconds), "must be between %d and %d",
+			MinHostsPluginRefreshIntervalInSeconds, MaxHostsPluginRefreshIntervalInSeconds)
+	}
 	if p.Cache.Snapshot != "" && !strings.HasPrefix(p.Cache.Snapshot, "/") {
 		add("cache.snapshot", p.Cache.Snapshot, "must be an absolute path")
 	}
