@@ -66,6 +66,7 @@ type config struct {
 	pool             int           // UDP sockets per upstream
 	timeout          time.Duration // overall deadline of a query
 	neverFailoverSet bool
+	tryUnhealthy     bool // try the upstreams even when all are down
 }
 
 func setup(c *caddy.Controller) error {
@@ -105,6 +106,7 @@ func newUpstream(cfg *config, hs *healthSet) (*Upstream, error) {
 		maxConcurrent: cfg.maxConcurrent,
 		neverFailover: cfg.neverFailover,
 		timeout:       cfg.timeout,
+		tryUnhealthy:  cfg.tryUnhealthy,
 		// Half the deadline per try: a second try (another flow, so most
 		// likely another pod) or the failover group still fits in it.
 		try: cfg.timeout / 2,
@@ -388,6 +390,11 @@ func parseDirective(c *caddy.Controller, cfg *config) error {
 			return c.Errf("timeout: want a duration of at least 10ms, got %q", args[0])
 		}
 		cfg.timeout = d
+	case "try_unhealthy":
+		if len(args) != 0 {
+			return c.ArgErr()
+		}
+		cfg.tryUnhealthy = true
 	default:
 		return c.Errf("unknown property %q", dir)
 	}

@@ -93,6 +93,7 @@ func TestParseErrors(t *testing.T) {
 		{"upstream {\n to 10.0.0.10\n max_concurrent -1\n}", "max_concurrent"},
 		{"upstream {\n to 10.0.0.10\n health_check 0s\n}", "positive duration"},
 		{"upstream {\n to 10.0.0.10\n health_check 1s domain\n}", "domain needs a name"},
+		{"upstream {\n to 10.0.0.10\n try_unhealthy always\n}", "Wrong argument count"},
 		{"upstream {\n to 10.0.0.10\n spread maybe\n}", "off, query or a positive duration"},
 		{"upstream {\n to 10.0.0.10\n spread 0s\n}", "off, query or a positive duration"},
 		{"upstream {\n to 10.0.0.10\n pool 0\n}", "pool: want a number of sockets"},

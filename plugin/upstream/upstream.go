@@ -48,6 +48,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -90,6 +91,9 @@ type Upstream struct {
 	timeout time.Duration
 	// try is the longest one try (one upstream, once) waits for its answer.
 	try time.Duration
+	// tryUnhealthy sends a query to the upstreams even when every one it
+	// may use is down (try_unhealthy), instead of failing fast.
+	tryUnhealthy bool
 
 	Next plugin.Handler
 }
@@ -124,14 +128,18 @@ func (u *Upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 		attempts = 1
 	}
 	ret, err := u.route.exchange(ctx, state, u.opts, attempts, u.try)
+	last := u.route
 	if err != nil && mayFailover && ctx.Err() == nil && !isRequestError(err) {
 		failovers.WithLabelValues(u.route.name, u.failover.name).Inc()
 		ret, err = u.failover.exchange(ctx, state, u.opts, attemptsPerUpstream, u.try)
-		if errors.Is(err, ErrNoHealthy) {
-			fastFailures.WithLabelValues(u.failover.name).Inc()
+		last = u.failover
+	}
+	if errors.Is(err, ErrNoHealthy) {
+		if u.tryUnhealthy {
+			ret, err = u.tryAnyway(ctx, state, mayFailover)
+		} else {
+			fastFailures.WithLabelValues(last.name).Inc()
 		}
-	} else if errors.Is(err, ErrNoHealthy) {
-		fastFailures.WithLabelValues(u.route.name).Inc()
 	}
 
 	if err != nil {
@@ -155,6 +163,36 @@ func (u *Upstream) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Ms
 
 	w.WriteMsg(ret)
 	return 0, nil
+}
+
+// tryAnyway sends the query to every upstream it may use, marked down or
+// not, once each in policy order (the route group's, then the failover
+// group's), until one answers or the deadline passes: what forward does
+// when all its upstreams are down and failfast_all_unhealthy_upstreams is
+// off, for health checks that are wrong (a probe name the upstream does not
+// answer) rather than upstreams that are.
+func (u *Upstream) tryAnyway(ctx context.Context, state request.Request, mayFailover bool) (*dns.Msg, error) {
+	groups := []*group{u.route}
+	if mayFailover {
+		groups = append(groups, u.failover)
+	}
+	err := ErrNoHealthy
+	for _, g := range groups {
+		for _, m := range g.policy.List(g.members) {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("group %s: %w", g.name, ctx.Err())
+			}
+			ret, qerr := m.query(ctx, state, u.opts, u.try)
+			if qerr == nil {
+				return ret, nil
+			}
+			if isRequestError(qerr) {
+				return nil, qerr
+			}
+			err = fmt.Errorf("group %s: %w", g.name, qerr)
+		}
+	}
+	return nil, err
 }
 
 // mayFailover reports whether qname may be sent to the failover group.
