@@ -168,7 +168,7 @@ func writeBlock(b *strings.Builder, p *config.Profile, ups config.Upstreams, l l
 		b.WriteString("        zone reddog.microsoft.com\n")
 		b.WriteString("    }\n")
 	}
-	writeCache(b, p, o)
+	writeCache(b, p, o, pinsFor(p, l, zone))
 	writeClientBudget(b, p)
 	b.WriteString("    loop\n")
 	writeUpstream(b, p, ups, zone, dest, o)
@@ -190,7 +190,7 @@ func writeClientBudget(b *strings.Builder, p *config.Profile) {
 // stale, so it is written as serve_stale off (nodecache refuses a window of
 // 0). cacheDurationInSeconds 0 caches nothing: nodecache caps every TTL at
 // 0; the stock cache refuses a TTL of 0, so the block has no cache.
-func writeCache(b *strings.Builder, p *config.Profile, o config.Override) {
+func writeCache(b *strings.Builder, p *config.Profile, o config.Override, pins []string) {
 	stale := o.ServeStale != config.ServeStaleDisable && o.ServeStaleDurationInSeconds > 0
 	if p.Cache.Engine == config.CacheEngineCoreDNS {
 		if o.CacheDurationInSeconds == 0 {
@@ -218,7 +218,35 @@ func writeCache(b *strings.Builder, p *config.Profile, o config.Override) {
 	if p.Cache.Snapshot != "" {
 		fmt.Fprintf(b, "        snapshot %s\n", p.Cache.Snapshot)
 	}
+	if len(pins) > 0 {
+		fmt.Fprintf(b, "        pin %s\n", strings.Join(pins, " "))
+		fmt.Fprintf(b, "        pin_refresh %ds\n", p.HostsPluginRefreshIntervalInSeconds)
+	}
 	b.WriteString("    }\n")
+}
+
+// pinsFor returns the critical names (enableHostsPlugin) that the block of
+// zone serves on listener l: those whose most specific zone there it is.
+// AKS answers them from a hosts file in both root blocks; here they are
+// pinned in the cache of whichever block a query for them reaches.
+func pinsFor(p *config.Profile, l listener, zone string) []string {
+	if !p.EnableHostsPlugin {
+		return nil
+	}
+	zones := zonesOf(p, l.overrode)
+	var out []string
+	for _, name := range p.CriticalFQDNs {
+		best := ""
+		for _, z := range zones {
+			if config.IsSubdomain(name, z) && len(z) > len(best) {
+				best = z
+			}
+		}
+		if best == zone {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func writeUpstream(b *strings.Builder, p *config.Profile, ups config.Upstreams, zone string, dest config.Destination, o config.Override) {
@@ -234,11 +262,32 @@ func writeUpstream(b *strings.Builder, p *config.Profile, ups config.Upstreams, 
 		b.WriteString("        group_names cluster vnet\n")
 	} else {
 		fmt.Fprintf(b, "        group_names %s\n", group)
-		if group == "cluster" {
+		if group == "cluster" && o.HealthCheck == nil {
 			// Probe cluster CoreDNS with a name it answers itself: probing
 			// "." would make its health depend on VNet DNS behind it.
 			fmt.Fprintf(b, "        health_check 0.5s domain %s\n", clusterZone(p))
 		}
+	}
+	if hc := o.HealthCheck; hc != nil {
+		// AKS's healthCheck: duration is the probe interval, noRec clears
+		// RD, domain the name probed; without a domain, cluster CoreDNS is
+		// still probed with a name it answers itself.
+		fmt.Fprintf(b, "        health_check %s", hc.Duration)
+		if hc.NoRec {
+			b.WriteString(" no_rec")
+		}
+		switch {
+		case hc.Domain != "":
+			fmt.Fprintf(b, " domain %s", hc.Domain)
+		case group == "cluster":
+			fmt.Fprintf(b, " domain %s", clusterZone(p))
+		}
+		b.WriteString("\n")
+	}
+	if ff := o.FailfastAllUnhealthyUpstreams; ff != nil && !*ff {
+		// AKS's failfastAllUnhealthyUpstreams: false, as forward does
+		// without it: try the upstreams even when all are marked down.
+		b.WriteString("        try_unhealthy\n")
 	}
 	if o.Protocol == config.ProtocolForceTCP {
 		b.WriteString("        protocol force_tcp\n")

@@ -73,6 +73,9 @@ var goldenCases = []goldenCase{
 		{"cluster", "a-{run}.nocache.example.", dns.TypeA, "vnet", true},
 	}},
 	{file: "edge-values.yaml", kubeUncached: true},
+	{file: "aks-node-fields.yaml", extra: []route{
+		{"cluster", "app-{run}.corp.example.com.", dns.TypeA, "vnet", false},
+	}},
 }
 
 func (c goldenCase) name() string { return strings.TrimSuffix(c.file, filepath.Ext(c.file)) }
