@@ -3,12 +3,17 @@ package nodecache
 import (
 	"context"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/coredns/coredns/plugin/metrics"
 	"github.com/coredns/coredns/plugin/pkg/dnstest"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/localdns/localdns/internal/testbin"
 )
 
 func packQuery(t testing.TB, name string, qtype uint16, edns uint16, do bool) []byte {
@@ -91,7 +96,8 @@ func TestServeWireStaleImmediate(t *testing.T) {
 	now := time.Now()
 	e := testEntry(t, 9, "stale.example.org.", 10, now)
 	s.put(e)
-	h := &Nodecache{store: s, ns: 9, pol: defaultConfig().policy, label: "test", Next: refusing{}}
+	next := &refusing{}
+	h := &Nodecache{store: s, ns: 9, pol: defaultConfig().policy, label: "test", Next: next}
 	s.register(h)
 	out := make([]byte, 4096)
 	n, st := s.ServeWire(9, packQuery(t, "stale.example.org.", dns.TypeA, 1232, false), UDP, now.Add(20*time.Second), out)
@@ -109,20 +115,20 @@ func TestServeWireStaleImmediate(t *testing.T) {
 	if opt == nil || len(opt.Option) != 1 || opt.Option[0].(*dns.EDNS0_EDE).InfoCode != dns.ExtendedErrorCodeStaleAnswer {
 		t.Fatalf("stale answer without EDE 3: %v", m)
 	}
-	// The background refresh fails (REFUSED): the entry stays.
-	for e.refreshing.Load() {
-		time.Sleep(time.Millisecond)
-	}
+	// A background refresh went upstream and failed (REFUSED): the entry
+	// stays.
+	testbin.WaitFor(t, 5*time.Second, "the stale answer's background refresh", func() bool { return next.calls.Load() >= 1 && !e.refreshing.Load() })
 	if s.peek(e.key) != e {
 		t.Fatal("a failed refresh removed the stale entry")
 	}
 }
 
-// refusing is a next plugin that answers REFUSED.
-type refusing struct{}
+// refusing is a next plugin that answers REFUSED and counts its calls.
+type refusing struct{ calls atomic.Int32 }
 
-func (refusing) Name() string { return "refusing" }
-func (refusing) ServeDNS(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+func (*refusing) Name() string { return "refusing" }
+func (f *refusing) ServeDNS(_ context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	f.calls.Add(1)
 	m := new(dns.Msg).SetRcode(r, dns.RcodeRefused)
 	w.WriteMsg(m)
 	return dns.RcodeRefused, nil
@@ -201,14 +207,30 @@ func TestHitReportsRcodeToRecorders(t *testing.T) {
 func TestAnswerWire(t *testing.T) {
 	s := NewStore(8 << 20)
 	s.put(testEntry(t, 6, "front.example.org.", 300, time.Now()))
-	h := &Nodecache{store: s, ns: 6, pol: defaultConfig().policy}
+	// Registered, as setup does: a hit then counts on the block's counters.
+	h := &Nodecache{store: s, ns: 6, pol: defaultConfig().policy, label: "answerwire-test"}
+	s.register(h)
+	hits := h.counters(h.label).hits
+	before := counterOf(t, hits)
 	out := make([]byte, 4096)
 	n := h.AnswerWire(packQuery(t, "front.example.org.", dns.TypeA, 0, false), false, out)
 	m := new(dns.Msg)
 	if n == 0 || m.Unpack(out[:n]) != nil || len(m.Answer) != 1 {
 		t.Fatalf("hit: %d bytes, %v", n, m)
 	}
+	if got := counterOf(t, hits) - before; got != 1 {
+		t.Errorf("hit counter went up by %v, want 1", got)
+	}
 	if n := h.AnswerWire(packQuery(t, "other.example.org.", dns.TypeA, 0, false), true, out); n != 0 {
 		t.Fatalf("miss wrote %d bytes", n)
 	}
+}
+
+func counterOf(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
