@@ -4,11 +4,13 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metrics"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const nxdomain = dns.RcodeNameError
@@ -21,6 +23,32 @@ type ClientBudget struct {
 	// server labels the metrics of queries whose context carries no
 	// server (the cache's background refreshes): the block's listener.
 	server string
+
+	ctr atomic.Pointer[counters]
+}
+
+// counters are the metric children of one server label. A block has one
+// server, so they are looked up once instead of on every query (a hash of
+// the label values and a map search).
+type counters struct {
+	server                 string
+	client, cache, limited prometheus.Counter
+}
+
+// counters returns the counters for server, kept for the common case of
+// one server per block.
+func (b *ClientBudget) counters(server string) *counters {
+	if c := b.ctr.Load(); c != nil && c.server == server {
+		return c
+	}
+	c := &counters{
+		server:  server,
+		client:  upstreamQueries.WithLabelValues(server, "client"),
+		cache:   upstreamQueries.WithLabelValues(server, "cache"),
+		limited: limited.WithLabelValues(server),
+	}
+	b.ctr.Store(c)
+	return c
 }
 
 // Name implements plugin.Handler.
@@ -40,7 +68,7 @@ func (b *ClientBudget) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dn
 		// a port-0 source, which no real client has. Not charged to anyone
 		// (see README.md for why).
 		b.tracker.observeRefresh()
-		upstreamQueries.WithLabelValues(server, "cache").Inc()
+		b.counters(server).cache.Inc()
 		return plugin.NextOrFailure(b.Name(), b.Next, ctx, w, r)
 	}
 	var buf [256]byte
@@ -49,10 +77,10 @@ func (b *ClientBudget) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dn
 		name = appendLower(name, r.Question[0].Name)
 	}
 	if !b.tracker.admit(client.Addr(), name) {
-		limited.WithLabelValues(server).Inc()
+		b.counters(server).limited.Inc()
 		return dns.RcodeServerFailure, nil
 	}
-	upstreamQueries.WithLabelValues(server, "client").Inc()
+	b.counters(server).client.Inc()
 	rw := &rcodeWriter{ResponseWriter: w, rcode: -1}
 	rcode, err := plugin.NextOrFailure(b.Name(), b.Next, ctx, rw, r)
 	if rw.rcode == nxdomain || (rw.rcode < 0 && rcode == nxdomain) {

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/coredns/coredns/plugin/pkg/proxy"
 	"github.com/coredns/coredns/request"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const (
@@ -39,6 +41,57 @@ type member struct {
 	h     *health
 	group string
 	addr  string
+
+	mx memberMetrics
+}
+
+// memberMetrics holds a member's metric children once used: looking one up
+// by its label values hashes them and searches the vector's map, on every
+// query. Each child is created on first use, as WithLabelValues would, so
+// no series appears before it counts something.
+type memberMetrics struct {
+	requests atomic.Pointer[prometheus.Counter]
+	// duration by rcode (0-15: the header's rcodes), and rcodeError for
+	// I/O errors and timeouts.
+	duration [rcodeError + 1]atomic.Pointer[prometheus.Observer]
+}
+
+// rcodeError is the slot of memberMetrics.duration for rcode="error".
+const rcodeError = 16
+
+func (m *member) requests() prometheus.Counter {
+	if c := m.mx.requests.Load(); c != nil {
+		return *c
+	}
+	c := requests.WithLabelValues(m.group, m.addr)
+	m.mx.requests.Store(&c)
+	return c
+}
+
+// duration is the request_duration_seconds child for an answer's rcode; an
+// extended rcode (above 15, from the OPT record) is looked up each time.
+func (m *member) duration(rcode int) prometheus.Observer {
+	if rcode < 0 || rcode > 15 {
+		return requestDuration.WithLabelValues(m.group, m.addr, rcodeString(rcode))
+	}
+	return m.durationChild(rcode)
+}
+
+// durationError is the request_duration_seconds child for I/O errors and
+// timeouts.
+func (m *member) durationError() prometheus.Observer { return m.durationChild(rcodeError) }
+
+func (m *member) durationChild(slot int) prometheus.Observer {
+	if o := m.mx.duration[slot].Load(); o != nil {
+		return *o
+	}
+	label := "error"
+	if slot != rcodeError {
+		label = rcodeString(slot)
+	}
+	o := requestDuration.WithLabelValues(m.group, m.addr, label)
+	m.mx.duration[slot].Store(&o)
+	return o
 }
 
 // exchange sends the query to the group's upstreams in policy order, skipping
@@ -98,7 +151,7 @@ func (g *group) nextHealthy(list []*member, next *int) *member {
 // over TCP (force_tcp, or when a UDP answer is truncated) through the proxy,
 // retrying as forward does when a cached connection was closed.
 func (m *member) query(ctx context.Context, state request.Request, opts proxy.Options, try time.Duration) (*dns.Msg, error) {
-	requests.WithLabelValues(m.group, m.addr).Inc()
+	m.requests().Inc()
 	start := time.Now()
 	if d, ok := ctx.Deadline(); ok {
 		try = min(try, time.Until(d))
@@ -119,11 +172,11 @@ func (m *member) query(ctx context.Context, state request.Request, opts proxy.Op
 			continue
 		}
 		if err != nil {
-			requestDuration.WithLabelValues(m.group, m.addr, "error").Observe(time.Since(start).Seconds())
+			m.durationError().Observe(time.Since(start).Seconds())
 			return nil, fmt.Errorf("upstream %s: %w", m.addr, err)
 		}
 		m.h.answered()
-		requestDuration.WithLabelValues(m.group, m.addr, rcodeString(ret.Rcode)).Observe(time.Since(start).Seconds())
+		m.duration(ret.Rcode).Observe(time.Since(start).Seconds())
 		return ret, nil
 	}
 }
