@@ -146,13 +146,20 @@ func TestRoutingPerListenerAndZone(t *testing.T) {
 			t.Errorf("%s on %s answered by %q, want %q", c.name, c.listener, got, c.want)
 		}
 	}
+	// Asked again: answered from the cache.
+	for _, c := range cases {
+		r.answeredBy(t, c.listener, c.name, c.qtype)
+	}
 	// Each name reached exactly the upstream it should, once (then cached).
 	for _, c := range cases {
-		other := r.vnet
+		right, wrong := r.cluster, r.vnet
 		if c.want == "vnet" {
-			other = r.cluster
+			right, wrong = r.vnet, r.cluster
 		}
-		if n := other.Count(c.name); n != 0 {
+		if n := right.Count(c.name); n != 1 {
+			t.Errorf("%s reached its upstream (%s) %d times, want once", c.name, c.want, n)
+		}
+		if n := wrong.Count(c.name); n != 0 {
 			t.Errorf("%s also reached the wrong upstream %d times", c.name, n)
 		}
 	}
