@@ -127,8 +127,8 @@ func (p *Profile) validate() Problems {
 		for _, zone := range slices.Sorted(maps.Keys(overrides)) {
 			o := overrides[zone]
 			path := join(name, zone)
-			if IsSubdomain(zone, probeZone) {
-				add(path, zone, "is reserved: localdns answers %s itself for its probes", strings.TrimSuffix(probeZone, "."))
+			if IsSubdomain(zone, ProbeZone) {
+				add(path, zone, "is reserved: localdns answers %s itself for its probes", strings.TrimSuffix(ProbeZone, "."))
 			}
 			if vnet && zone == "." && o.ForwardDestination == DestinationClusterCoreDNS {
 				add(path+".forwardDestination", string(o.ForwardDestination), `the node listener's root zone "." may not forward to ClusterCoreDNS`)
@@ -149,10 +149,10 @@ func (p *Profile) validate() Problems {
 	return ps
 }
 
-// probeZone is the zone every listener answers for the self-probe and the
-// watchdog (corefile.ProbeZone; its test checks that they agree). A profile
-// zone there would make a second server block for it.
-const probeZone = "health-check.localdns.local."
+// ProbeZone is the zone every listener answers itself (CoreDNS's whoami,
+// rendered by internal/corefile) for the self-probe, the watchdog and
+// `localdns probe` (internal/sdnotify). A profile may not override it.
+const ProbeZone = "health-check.localdns.local."
 
 // IsSubdomain reports whether zone is parent or below it; both are
 // normalised (lower case, trailing dot).

@@ -18,9 +18,9 @@ import (
 	"github.com/localdns/localdns/internal/config"
 )
 
-// ProbeZone is answered by whoami on every listener; the watchdog, the
-// self-probe and `localdns status` query it. It never leaves the node.
-const ProbeZone = "health-check.localdns.local"
+// ProbeZone is config.ProbeZone as a Corefile server block key (no
+// trailing dot), answered by whoami on every listener.
+var ProbeZone = strings.TrimSuffix(config.ProbeZone, ".")
 
 // ReverseZones are added to every listener and go to cluster CoreDNS: it
 // answers PTR for pod and service addresses and forwards the rest. A reverse

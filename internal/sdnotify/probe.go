@@ -11,13 +11,14 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/localdns/localdns/internal/config"
 	"github.com/localdns/localdns/internal/netsetup"
 )
 
-// ProbeName is the name every probe asks for. The health-check zone is served
-// on every listener by CoreDNS's whoami plugin, locally, so the probe never
-// depends on an upstream.
-const ProbeName = "health-check.localdns.local."
+// ProbeName is the name every probe asks for (config.ProbeZone). The
+// health-check zone is served on every listener by CoreDNS's whoami plugin,
+// locally, so the probe never depends on an upstream.
+const ProbeName = config.ProbeZone
 
 // Probe sends one real DNS query, "health-check.localdns.local. IN A", to addr
 // over network ("udp" or "tcp") and returns nil only if a NOERROR reply came
