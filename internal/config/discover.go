@@ -41,7 +41,7 @@ func DiscoverVNetDNS(paths []string, own ...netip.Addr) ([]Upstream, string, err
 			why = append(why, err.Error())
 			continue
 		}
-		servers := parseResolvConf(data)
+		servers := ParseResolvConf(data)
 		var out []Upstream
 		for _, s := range servers {
 			u := netip.AddrPortFrom(s, 53)
@@ -59,7 +59,9 @@ func DiscoverVNetDNS(paths []string, own ...netip.Addr) ([]Upstream, string, err
 		own, stubResolvers, strings.Join(why, "; "))
 }
 
-func parseResolvConf(data []byte) []netip.Addr {
+// ParseResolvConf returns the nameserver addresses of a resolv.conf, in
+// order (IPv4-mapped addresses unmapped; addresses with a zone left out).
+func ParseResolvConf(data []byte) []netip.Addr {
 	var out []netip.Addr
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {

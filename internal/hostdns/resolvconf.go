@@ -1,16 +1,16 @@
 package hostdns
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
-	"strings"
+	"slices"
 	"time"
+
+	"github.com/localdns/localdns/internal/config"
 )
 
 // PollInterval is how often WaitListenerGone reads resolv.conf.
@@ -61,15 +61,5 @@ func listsNameserver(path string, a netip.Addr) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("hostdns: %w", err)
 	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 || f[0] != "nameserver" {
-			continue
-		}
-		if n, err := netip.ParseAddr(f[1]); err == nil && n.WithZone("").Unmap() == a.Unmap() {
-			return true, nil
-		}
-	}
-	return false, sc.Err()
+	return slices.Contains(config.ParseResolvConf(data), a.Unmap()), nil
 }
