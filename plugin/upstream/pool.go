@@ -52,11 +52,19 @@ type udpSock struct {
 	closed  bool
 }
 
-// waiter is one query in flight on a socket.
+// waiter is one query in flight on a socket. Waiters are reused (with
+// their channel and timer) once no one can send to them any more.
 type waiter struct {
 	q  dns.Question
 	ch chan poolReply // buffered: the reader never blocks on it
+	t  *time.Timer    // the try's timeout; stopped when not in use
 }
+
+var waiters = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &waiter{ch: make(chan poolReply, 1), t: t}
+}}
 
 type poolReply struct {
 	m   *dns.Msg
@@ -86,37 +94,58 @@ func (p *udpPool) exchange(ctx context.Context, wire []byte, q dns.Question, tim
 		return nil, fmt.Errorf("query of %d bytes: %w", len(wire), dns.ErrShortRead)
 	}
 	origID := uint16(wire[0])<<8 | uint16(wire[1])
-	w := &waiter{q: q, ch: make(chan poolReply, 1)}
+	w := waiters.Get().(*waiter)
+	w.q = q
 	s, id, err := p.register(w)
 	if err != nil {
+		w.release()
 		return nil, err
 	}
 	wire[0], wire[1] = byte(id>>8), byte(id)
-	defer func() { wire[0], wire[1] = byte(origID>>8), byte(origID) }()
-
-	if _, err := s.conn.Write(wire); err != nil {
-		s.unregister(id)
+	_, err = s.conn.Write(wire)
+	wire[0], wire[1] = byte(origID>>8), byte(origID)
+	if err != nil {
+		if s.unregister(id) {
+			w.release()
+		}
 		s.retire()
 		return nil, fmt.Errorf("write: %w", err)
 	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
+	// Go 1.23 timers: after Reset no value from an earlier use arrives.
+	w.t.Reset(timeout)
 	select {
 	case r := <-w.ch:
+		// The reader or fail took w out of pending before sending: no one
+		// else sends to it.
+		w.t.Stop()
+		w.release()
 		if r.err != nil {
 			return nil, r.err
 		}
 		r.m.Id = origID
 		return r.m, nil
-	case <-t.C:
+	case <-w.t.C:
 		// A flow that lost an answer may lead to a dead backend: move on.
-		s.unregister(id)
+		if s.unregister(id) {
+			w.release()
+		}
 		s.retire()
 		return nil, fmt.Errorf("read: %w", errTimeout)
 	case <-ctx.Done():
-		s.unregister(id)
+		w.t.Stop()
+		if s.unregister(id) {
+			w.release()
+		}
 		return nil, ctx.Err()
 	}
+}
+
+// release returns a waiter that no one will send to any more to the pool.
+// A waiter that a reply or a failure was already taken for when its query
+// gave up is not released: that send is still to come.
+func (w *waiter) release() {
+	w.q = dns.Question{}
+	waiters.Put(w)
 }
 
 // errTimeout is a query that got no answer within its time.
@@ -288,10 +317,12 @@ func sameQuestion(q dns.Question, got []dns.Question) bool {
 	return len(got) == 1 && got[0].Qtype == q.Qtype && got[0].Qclass == q.Qclass && strings.EqualFold(got[0].Name, q.Name)
 }
 
-// unregister removes a query that gave up; a retired socket with nothing
-// left in flight is closed.
-func (s *udpSock) unregister(id uint16) {
+// unregister removes a query that gave up and reports whether it was still
+// in flight (false: a reply or a failure was taken for it and is sent to
+// its waiter). A retired socket with nothing left in flight is closed.
+func (s *udpSock) unregister(id uint16) bool {
 	s.mu.Lock()
+	_, inFlight := s.pending[id]
 	delete(s.pending, id)
 	closeNow := s.retired && len(s.pending) == 0 && !s.closed
 	if closeNow {
@@ -301,6 +332,7 @@ func (s *udpSock) unregister(id uint16) {
 	if closeNow {
 		s.conn.Close()
 	}
+	return inFlight
 }
 
 func (s *udpSock) isRetired() bool {

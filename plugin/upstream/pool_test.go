@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -312,4 +314,98 @@ func counterValue(c prometheus.Counter) float64 {
 		return -1
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestPoolUnregisterReportsTaken: a query that gives up learns whether a
+// reply or a failure was already taken for it (and so is still to be sent
+// to its waiter, which then must not be reused).
+func TestPoolUnregisterReportsTaken(t *testing.T) {
+	srv := startRaw(t)
+	p, _ := newTestPool(t, srv.addr(), 1, -1)
+	q := dns.Question{Name: "a.example.", Qtype: dns.TypeA, Qclass: dns.ClassINET}
+
+	w := &waiter{q: q, ch: make(chan poolReply, 1)}
+	s, id, err := p.register(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.unregister(id) {
+		t.Fatal("unregister of a query in flight reported it taken")
+	}
+
+	// A reply delivered, then the query gives up (its timer fired first).
+	s, id, _ = p.register(w)
+	reply := new(dns.Msg)
+	reply.SetQuestion(q.Name, q.Qtype)
+	reply.Response, reply.Id = true, id
+	b, _ := reply.Pack()
+	s.deliver(b)
+	if s.unregister(id) {
+		t.Fatal("unregister after its reply was delivered reported it in flight")
+	}
+	if r := <-w.ch; r.m == nil || r.m.Id != id {
+		t.Fatalf("waiter got %v, want its reply", r)
+	}
+
+	// The socket fails, then the query gives up.
+	s, id, _ = p.register(w)
+	s.fail(errRetired)
+	if s.unregister(id) {
+		t.Fatal("unregister after the socket failed reported it in flight")
+	}
+	if r := <-w.ch; !errors.Is(r.err, errRetired) {
+		t.Fatalf("waiter got %v, want the failure", r)
+	}
+}
+
+// TestPoolRepliesRacingTimeouts: answers arrive around the moment their
+// queries time out, over and over on a few sockets, so waiters are reused
+// while late replies are delivered; every answer a query gets is its own.
+func TestPoolRepliesRacingTimeouts(t *testing.T) {
+	srv := startRaw(t)
+	p, _ := newTestPool(t, srv.addr(), 2, -1)
+	go func() {
+		for q := range srv.got {
+			m := new(dns.Msg)
+			m.SetReply(q.m)
+			b, _ := m.Pack()
+			go func() {
+				time.Sleep(time.Duration(rand.IntN(1500)) * time.Microsecond)
+				srv.conn.WriteToUDP(b, q.from)
+			}()
+		}
+	}()
+	const workers, each = 8, 150
+	var wg sync.WaitGroup
+	var answered, timedOut atomic.Int64
+	for g := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				q := new(dns.Msg)
+				q.SetQuestion(fmt.Sprintf("q%d-%d.example.", g, i), dns.TypeA)
+				wire, _ := q.Pack()
+				m, err := p.exchange(context.Background(), wire, q.Question[0], time.Millisecond)
+				switch {
+				case err == nil:
+					if len(m.Question) != 1 || m.Question[0].Name != q.Question[0].Name || m.Id != q.Id {
+						t.Errorf("query %s (ID %d) got the answer to %v (ID %d)", q.Question[0].Name, q.Id, m.Question, m.Id)
+						return
+					}
+					answered.Add(1)
+				case isTimeout(err) || errors.Is(err, errRetired):
+					timedOut.Add(1)
+				default:
+					t.Errorf("query %s: %v", q.Question[0].Name, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d answered, %d timed out", answered.Load(), timedOut.Load())
+	if answered.Load() == 0 || timedOut.Load() == 0 {
+		t.Errorf("%d answered and %d timed out: the replies did not race the timeouts", answered.Load(), timedOut.Load())
+	}
 }
