@@ -165,7 +165,8 @@ func TestPostinst(t *testing.T) {
 }
 
 // TestRemoveAndPurge: an upgrade's prerm stops nothing; removal stops and
-// disables both units; purge removes the cache snapshot and runtime state.
+// disables both units; purge removes the fallback's nftables table (with
+// nft: the binary is gone), the cache snapshot and runtime state.
 func TestRemoveAndPurge(t *testing.T) {
 	r := newScriptRoot(t)
 
@@ -184,13 +185,23 @@ func TestRemoveAndPurge(t *testing.T) {
 	if !r.exists("var/lib/localdns/cache.snapshot") {
 		t.Error("remove (not purge) deleted the cache snapshot")
 	}
-	_, calls = r.run(t, "postrm", "purge")
-	wantCalls(t, "postrm purge", calls, daemonReload)
+	out, calls := r.run(t, "postrm", "purge")
+	wantCalls(t, "postrm purge without nft", calls, daemonReload)
+	if !strings.Contains(out, "nft is not installed") {
+		t.Errorf("postrm purge without nft does not say the fallback table may be left:\n%s", out)
+	}
 	for _, p := range []string{"var/lib/localdns", "run/localdns"} {
 		if r.exists(p) {
 			t.Errorf("purge left /%s", p)
 		}
 	}
+
+	// The fallback that remove left in place goes with nft (the binary
+	// is gone by now). This stand-in has the fallback table only.
+	r.write(t, "usr/sbin/nft", "#!/bin/sh\necho \"nft $*\" >>/calls.log\n[ \"$*\" != \"list table inet localdns\" ]\n", 0o755)
+	_, calls = r.run(t, "postrm", "purge")
+	wantCalls(t, "postrm purge", calls, daemonReload,
+		"nft list table inet localdns-fallback", "nft delete table inet localdns-fallback", "nft list table inet localdns")
 }
 
 // TestGenerator runs the packaged generator as systemd would (three output
