@@ -271,9 +271,10 @@ func TestNodeUnderNspawn(t *testing.T) {
 
 // node is the booted container and the namespaces around it.
 type node struct {
-	pid int       // the container's PID 1, in this PID namespace
-	pod *nsThread // the pod's network namespace
-	up  *nsThread // the upstreams' network namespace
+	pid   int       // the container's PID 1, in this PID namespace
+	pod   *nsThread // the pod's network namespace
+	up    *nsThread // the upstreams' network namespace
+	podNS string    // the pod namespace's name, for ip netns exec
 }
 
 func bootNode(t *testing.T) *node {
@@ -381,6 +382,7 @@ func (n *node) wire(t *testing.T) {
 	// A node routes for its pods, and its default route points at its network.
 	run(t, "nsenter", "-t", c, "-n", "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	run(t, "nsenter", "-t", c, "-n", "ip", "route", "add", "default", "via", clusterDNS)
+	n.podNS = podNS
 	n.pod = enterNS(t, "/run/netns/"+podNS)
 	n.up = enterNS(t, "/run/netns/"+upNS)
 }
