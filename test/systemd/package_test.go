@@ -141,9 +141,13 @@ func TestPackageUnderNspawn(t *testing.T) {
 		podUDP0, nodeUDP0 := udpCounters(podSNMP()), udpCounters(n.out(t, "cat /proc/net/snmp"))
 		const seconds = 12
 		// -q: enough outstanding queries to keep sending 5000 a second
-		// through the restart gap instead of waiting for answers.
-		perf := exec.Command("ip", "netns", "exec", n.podNS, "dnsperf", "-s", "169.254.10.11", "-Q", "5000", "-q", "20000",
-			"-t", "5", "-l", strconv.Itoa(seconds), "-d", names)
+		// through the restart gap instead of waiting for answers. -b 4096
+		// (KiB): the new process answers the queries queued meanwhile in a
+		// burst, and dnsperf reads them all on one socket; with the default
+		// 208 KiB the pod's kernel dropped hundreds of those answers
+		// (RcvbufErrors). Pods' resolvers use a socket per query.
+		perf := exec.Command("ip", "netns", "exec", n.podNS, "dnsperf", "-s", "169.254.10.11", "-Q", "5000", "-q", "20000", "-b", "4096",
+			"-t", "5", "-l", strconv.Itoa(seconds), "-d", names, "-v")
 		var perfOut strings.Builder
 		perf.Stdout, perf.Stderr = &perfOut, &perfOut
 		if err := perf.Start(); err != nil {
@@ -182,12 +186,17 @@ func TestPackageUnderNspawn(t *testing.T) {
 			t.Fatalf("no Queries sent/lost in dnsperf's output:\n%s", perfOut.String())
 		}
 		t.Logf("dnsperf at 5000 QPS for %d s across the upgrade:\n%s", seconds, dnsperfSummary(perfOut.String()))
+		// Where a loss happened: the pod's counters are dnsperf's socket,
+		// the node's are the listeners' (the socket unit's queue).
 		podUDP, nodeUDP := udpCounters(podSNMP()), udpCounters(n.out(t, "cat /proc/net/snmp"))
+		var errs []string
 		for _, k := range []string{"RcvbufErrors", "SndbufErrors", "NoPorts", "InErrors"} {
-			t.Logf("UDP %s during the run: pod %d, node %d", k, podUDP[k]-podUDP0[k], nodeUDP[k]-nodeUDP0[k])
+			errs = append(errs, fmt.Sprintf("%s pod %d node %d", k, podUDP[k]-podUDP0[k], nodeUDP[k]-nodeUDP0[k]))
 		}
+		t.Logf("UDP errors during the run: %s", strings.Join(errs, ", "))
 		if lost != 0 {
-			t.Errorf("%d of %d queries lost across the upgrade", lost, sent)
+			t.Errorf("%d of %d queries lost across the upgrade (dpkg -i from %.1f s to %.1f s); %s",
+				lost, sent, upStart.Seconds(), upEnd.Seconds(), dnsperfTimeouts(perfOut.String()))
 		}
 		if sent < 5000*(seconds-2) {
 			t.Errorf("dnsperf sent only %d queries in %d s: not the 5000 QPS asked for", sent, seconds)
@@ -333,4 +342,23 @@ func udpCounters(snmp string) map[string]int {
 		}
 	}
 	return c
+}
+
+// dnsperfTimeouts says where in dnsperf -v's stream of results ("> RCODE
+// name type latency", "> T name type" for a timeout) the timeouts came: the
+// count of results before each, over 5000 a second, is about when it was
+// sent.
+func dnsperfTimeouts(out string) string {
+	var at []string
+	k := 0
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(l, "> ") {
+			continue
+		}
+		if strings.HasPrefix(l, "> T ") && len(at) < 20 {
+			at = append(at, fmt.Sprintf("%.2f", float64(k)/5000))
+		}
+		k++
+	}
+	return fmt.Sprintf("timeouts among the results at about %s s (the first 20)", strings.Join(at, ", "))
 }
