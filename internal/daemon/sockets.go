@@ -153,7 +153,7 @@ func (o *socketOwner) Serve(fs *frontend.Servers) error {
 				undo()
 				return fmt.Errorf("duplicate sockets of %s: %w", addr, err)
 			}
-			next = append(next, served{srv, fastpath.Wrap(pc, table), newDrainListener(ln)})
+			next = append(next, served{srv, fastpath.Wrap(pc, table, srv), newDrainListener(ln)})
 		}
 	}
 	old := o.current

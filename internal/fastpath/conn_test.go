@@ -30,19 +30,19 @@ func (echoCache) AnswerWire(query []byte, tcp bool, out []byte) int {
 
 // serveConn runs the server side as CoreDNS's read loop does: every query
 // the fast path returns is answered with WriteTo, marked 0x5e.
-func serveConn(t *testing.T, network, addr string) (*Conn, string) {
+func serveConn(t testing.TB, network, addr string) (*Conn, string) {
 	return serveConnObserved(t, network, addr, nil)
 }
 
 // serveConnObserved is serveConn with obs told of the hits of "fast.".
-func serveConnObserved(t *testing.T, network, addr string, obs HitObserver) (*Conn, string) {
+func serveConnObserved(t testing.TB, network, addr string, obs HitObserver) (*Conn, string) {
 	t.Helper()
 	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
 		t.Skipf("no %s socket on %s: %v", network, addr, err)
 	}
 	tab := &Table{zones: map[string]zone{"fast.": {echoCache{}, obs}, ".": {}}, counter: answers.WithLabelValues("test")}
-	c, ok := Wrap(pc.(*net.UDPConn), tab).(*Conn)
+	c, ok := Wrap(pc.(*net.UDPConn), tab, nil).(*Conn)
 	if !ok {
 		t.Fatal("Wrap did not put the fast path in front")
 	}
@@ -246,7 +246,7 @@ func TestReadFromAfterClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := Wrap(pc, &Table{zones: map[string]zone{".": {wa: echoCache{}}}, counter: answers.WithLabelValues("test")})
+	c := Wrap(pc, &Table{zones: map[string]zone{".": {wa: echoCache{}}}, counter: answers.WithLabelValues("test")}, nil)
 	errc := make(chan error, 1)
 	go func() {
 		_, _, err := c.ReadFrom(make([]byte, 512))

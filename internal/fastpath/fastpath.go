@@ -15,6 +15,10 @@
 // counted in localdns_fastpath_answers_total and in the cache's hit counter,
 // since CoreDNS's request counters never see it.
 //
+// A query longer than the 512 bytes CoreDNS's server reads (legal without
+// EDNS0) is handed to the server's plugin chain whole (long.go), on every
+// listener, including one without a cache.
+//
 // The socket I/O is our own (mmsg.go): batched recvmmsg/sendmmsg as raw
 // system calls, which cost a third less CPU per query than x/net's batch
 // calls at moderate rates (see there for why and the measurements).
@@ -24,6 +28,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/coredns/coredns/core/dnsserver"
@@ -197,11 +202,18 @@ const batchSize = 32
 // reads datagrams in batches (recvmmsg), answers what the cache can with
 // batched writes (sendmmsg), and returns the other queries one at a time to
 // the caller (the CoreDNS server's read loop), which answers them through
-// the plugin chain.
+// the plugin chain. A query longer than the caller's buffer goes to the
+// chain of srv directly (long.go).
 type Conn struct {
 	*net.UDPConn
-	table *Table
+	table *Table // nil: no block is fast-pathed
+	srv   *dnsserver.Server
 	raw   syscall.RawConn
+
+	// Long queries in flight, waited for by Close.
+	longMu     sync.Mutex
+	longClosed bool
+	long       sync.WaitGroup
 
 	in     *batch // read batch
 	inN    int    // datagrams in the read batch
@@ -210,17 +222,20 @@ type Conn struct {
 	outN   int
 }
 
-// Wrap puts the fast path in front of pc; with a nil table, or a socket
-// without raw access, it returns pc.
-func Wrap(pc *net.UDPConn, table *Table) net.PacketConn {
-	if table == nil {
+// Wrap puts the fast path in front of pc, which srv is to serve
+// (srv.ServePacket): cache hits are answered from table (nil: none is), and
+// queries too long for srv's read buffer go to srv's plugin chain whole.
+// With a nil table and a nil srv, or a socket without raw access, it
+// returns pc.
+func Wrap(pc *net.UDPConn, table *Table, srv *dnsserver.Server) net.PacketConn {
+	if table == nil && srv == nil {
 		return pc
 	}
 	raw, err := pc.SyscallConn()
 	if err != nil {
 		return pc
 	}
-	return &Conn{UDPConn: pc, table: table, raw: raw, in: newBatch(batchSize, 65535), out: newBatch(batchSize, 65535)}
+	return &Conn{UDPConn: pc, table: table, srv: srv, raw: raw, in: newBatch(batchSize, 65535), out: newBatch(batchSize, 65535)}
 }
 
 // ReadFrom implements net.PacketConn. It is called from one goroutine (the
@@ -238,18 +253,24 @@ func (c *Conn) ReadFrom(p []byte) (int, net.Addr, error) {
 		i := c.inNext
 		c.inNext++
 		query := c.in.payload(i)
-		if n := c.table.AnswerFrom(query, false, c.out.bufs[c.outN], c.in.client(i)); n > 0 {
-			c.out.setReply(c.outN, n, c.in, i)
-			c.outN++
-			if c.outN == batchSize {
-				c.flush()
+		if c.table != nil {
+			if n := c.table.AnswerFrom(query, false, c.out.bufs[c.outN], c.in.client(i)); n > 0 {
+				c.out.setReply(c.outN, n, c.in, i)
+				c.outN++
+				if c.outN == batchSize {
+					c.flush()
+				}
+				continue
 			}
-			continue
 		}
 		c.flush()
 		addr := c.in.addr(i)
 		if addr == nil {
 			continue // not a UDP peer: nothing to answer
+		}
+		if len(query) > len(p) && c.srv != nil {
+			c.serveLong(query, addr) // copies query
+			continue
 		}
 		return copy(p, query), addr, nil
 	}

@@ -72,7 +72,9 @@ func Serve(t testing.TB, h dns.Handler) (addr string, stop func()) {
 func ServeConns(t testing.TB, pc net.PacketConn, ln net.Listener, h dns.Handler) (stop func()) {
 	t.Helper()
 	var servers []*dns.Server
-	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+	// UDPSize: read any datagram whole, as unbound and BIND do (miekg's
+	// default of 512 bytes answers a longer query without EDNS0 FORMERR).
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h, UDPSize: dns.MaxMsgSize}, {Listener: ln, Handler: h}} {
 		started := make(chan struct{})
 		s.NotifyStartedFunc = func() { close(started) }
 		go s.ActivateAndServe()
